@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vision_mtl",
+    version="0.1.0",
+    description="One network, three vision tasks: classification, detection and segmentation trained jointly.",
+    packages=find_packages(include=["vision_mtl", "vision_mtl.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "timm>=1.0,<2",
+        "segmentation-models-pytorch>=0.5,<0.7",
+        "albumentations>=2.0,<3",
+        "opencv-python-headless>=4.8",
+        "pycocotools>=2.0.8",
+        "numpy>=1.26",
+        "pillow>=10",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "safetensors>=0.4",
+    ],
+    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
+)

@@ -1,0 +1,286 @@
+"""Typed configuration: one dataclass schema, YAML files and ``key=value`` overrides.
+
+Every value is checked against the schema when it is read, so a typo or a wrong type stops the
+run before any work starts, with a one-line message that names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vision_mtl.errors import ConfigError
+
+TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
+Task = Literal["classification", "detection", "segmentation"]
+
+
+@dataclass
+class ClassificationConfig:
+    """Image-level head: pooled pyramid features -> linear classifier."""
+
+    multi_label: bool = False
+    label_smoothing: float = 0.1
+    dropout: float = 0.0
+    levels: list[int] = field(default_factory=lambda: [3, 4, 5])
+
+
+@dataclass
+class DetectionConfig:
+    """FCOS-style anchor-free head on P3-P7."""
+
+    num_convs: int = 2
+    levels: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7])
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    center_sampling_radius: float = 1.5
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.6
+    pre_nms_topk: int = 1000
+    max_detections: int = 100
+
+
+@dataclass
+class SegmentationConfig:
+    """Semantic-FPN head fusing P2-P5 at 1/4 resolution."""
+
+    channels: int = 64
+    levels: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
+    dice_weight: float = 1.0
+    ignore_index: int = 255
+
+
+@dataclass
+class ModelConfig:
+    """Which tasks exist and how the shared trunk and the heads are built."""
+
+    tasks: list[Task] = field(default_factory=lambda: list(TASKS))
+    backbone: str = "resnet18"
+    backbone_weights: str | None = None
+    neck_channels: int = 64
+    classification: ClassificationConfig = field(default_factory=ClassificationConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+
+@dataclass
+class SplitConfig:
+    """Files of one split, relative to ``data.root``; a task whose file is null is unlabelled."""
+
+    images: str = ""
+    annotations: str | None = None
+    masks: str | None = None
+    labels: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where the data lives and how images are sized for the network."""
+
+    root: str = "data/shapes"
+    synthetic: Literal["shapes"] | None = "shapes"
+    synthetic_train_images: int = 2000
+    synthetic_val_images: int = 200
+    train: SplitConfig = field(
+        default_factory=lambda: SplitConfig(
+            "train/images", "train/annotations.json", "train/masks", "train/labels.csv"
+        )
+    )
+    val: SplitConfig = field(
+        default_factory=lambda: SplitConfig(
+            "val/images", "val/annotations.json", "val/masks", "val/labels.csv"
+        )
+    )
+    image_size: int = 128
+    seg_classes: list[str] | None = None
+    num_workers: int = 1
+
+
+@dataclass
+class LossWeights:
+    """Static per-task loss weights (the simplest balancer)."""
+
+    classification: float = 1.0
+    detection: float = 1.0
+    segmentation: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    """Batched augmentation applied on the training device."""
+
+    hflip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule and run bookkeeping."""
+
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 10.0
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    device: str = "auto"
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class RunConfig:
+    """Where outputs go: ``<dir>/<name>/``."""
+
+    name: str = "shapes"
+    dir: str = "runs"
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``base`` (e.g. a checkpoint's config), then the YAML file, then ``a.b=value``
+    overrides; validated throughout."""
+    raw: dict[str, Any] = copy.deepcopy(base) if base else {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' not found; pass an existing YAML file to --config")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+        _merge(raw, loaded or {})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=5")
+        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    cfg = config_from_dict(raw)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from nested plain data (a YAML file or a checkpoint's saved config)."""
+    return _build(Config, raw, "")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested data, safe for YAML, JSON and ``torch.save(weights_only)``."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks the type schema cannot express."""
+    if not cfg.model.tasks:
+        raise ConfigError("model.tasks is empty; choose one or more of " + ", ".join(TASKS))
+    if len(set(cfg.model.tasks)) != len(cfg.model.tasks):
+        raise ConfigError(f"model.tasks lists a task twice: {cfg.model.tasks}")
+    if cfg.data.image_size % 32:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of 32, e.g. "
+                          f"{(cfg.data.image_size // 32 + 1) * 32}")
+    for name, levels in (("classification", cfg.model.classification.levels),
+                         ("detection", cfg.model.detection.levels),
+                         ("segmentation", cfg.model.segmentation.levels)):
+        if not levels or any(not 2 <= lv <= 7 for lv in levels):
+            raise ConfigError(f"model.{name}.levels={levels} must be a non-empty list of pyramid levels in 2..7")
+    if cfg.model.segmentation.levels and min(cfg.model.segmentation.levels) > 3:
+        raise ConfigError("model.segmentation.levels must include level 2 or 3 (the finest output)")
+    for key in ("epochs", "batch_size"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1")
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{key}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {', '.join(fields)}")
+    return cls(**{name: _coerce(hints[name], value, prefix + name) for name, value in raw.items()})
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, {} if value is None else value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config key '{key}' expects {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}' got {value!r}; valid choices: {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key '{key}' expects {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

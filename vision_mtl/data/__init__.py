@@ -1,0 +1,1 @@
+"""Data: the Sample/Batch contracts, readers for each file format, transforms and loaders."""

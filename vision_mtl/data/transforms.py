@@ -1,0 +1,41 @@
+"""CPU transforms on a Sample: aspect-preserving resize into a fixed square canvas."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from vision_mtl.data.sample import IGNORE_INDEX, Sample
+
+PAD_VALUE = 114
+
+
+def letterbox(sample: Sample, size: int) -> Sample:
+    """Scale the longer side to ``size`` and pad bottom/right to ``size x size``.
+
+    Padding only at the bottom and right keeps the inverse a pure scale: original pixel =
+    network pixel / ``meta["scale"]``. Padded mask pixels are ``IGNORE_INDEX``.
+    """
+    h, w = sample.image.shape[:2]
+    scale = min(size / h, size / w)
+    new_h, new_w = min(size, round(h * scale)), min(size, round(w * scale))
+    image = _resize(sample.image, new_w, new_h, cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[:new_h, :new_w] = image
+    changes = {"image": canvas, "meta": {**sample.meta, "orig_size": (h, w), "scale": scale}}
+    if sample.boxes is not None:
+        boxes = sample.boxes * np.float32(scale)
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, new_w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, new_h)
+        changes["boxes"] = boxes
+    if sample.mask is not None:
+        mask = np.full((size, size), IGNORE_INDEX, dtype=sample.mask.dtype)
+        mask[:new_h, :new_w] = _resize(sample.mask, new_w, new_h, cv2.INTER_NEAREST)
+        changes["mask"] = mask
+    return sample.replace(**changes)
+
+
+def _resize(array: np.ndarray, width: int, height: int, interpolation: int) -> np.ndarray:
+    if array.shape[:2] == (height, width):
+        return array
+    return cv2.resize(array, (width, height), interpolation=interpolation)

@@ -1,0 +1,78 @@
+"""Checkpoints: atomic writes, safe loads (``weights_only=True``), clear errors on mismatch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vision_mtl.config import Config, config_from_dict, config_to_dict
+from vision_mtl.errors import CheckpointError, VisionMTLError
+from vision_mtl.models import MultiTaskModel, build_model
+
+REQUIRED_KEYS = ("model", "config", "classes")
+
+
+def save_checkpoint(path: str | Path, model: MultiTaskModel, cfg: Config, classes: dict[str, list[str]],
+                    **extra: Any) -> None:
+    """Write to a temporary file and rename, so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    state = {"model": model.state_dict(), "config": config_to_dict(cfg), "classes": classes, **extra}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a vision_mtl checkpoint without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' not found; pass a .pt written by tools/train.py")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"cannot read checkpoint '{path}': {str(exc).splitlines()[0]}") from exc
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        raise CheckpointError(f"'{path}' is not a vision_mtl checkpoint (needs keys {', '.join(REQUIRED_KEYS)})")
+    return state
+
+
+def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:
+    """The config a checkpoint was trained with; its weights file is not needed to rebuild it."""
+    try:
+        cfg = config_from_dict(state["config"])
+    except VisionMTLError as exc:
+        raise CheckpointError(f"checkpoint '{path}' holds a config this version cannot read: {exc}") from exc
+    cfg.model.backbone_weights = None
+    return cfg
+
+
+def load_weights(model: MultiTaskModel, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``load_state_dict`` with a one-line summary of what does not fit, instead of a key dump."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}"
+             for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
+    if problems:
+        raise CheckpointError(f"checkpoint '{path}' does not fit this model config: " + "; ".join(problems)
+                              + "; build the model from the checkpoint's own config (drop --config/overrides)")
+    model.load_state_dict(state_dict)
+
+
+def load_model(path: str | Path, cfg: Config | None = None) -> tuple[MultiTaskModel, Config, dict[str, Any]]:
+    """Rebuild a trained model: from ``cfg`` when given, else from the checkpoint's own config."""
+    state = load_checkpoint(path)
+    cfg = cfg or checkpoint_config(state, path)
+    model = build_model(cfg.model, state["classes"])
+    load_weights(model, state["model"], path)
+    return model, cfg, state

@@ -1,0 +1,63 @@
+"""Backbone: any timm model as a feature extractor giving C2..C5 (strides 4, 8, 16, 32)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from vision_mtl.errors import ModelError
+
+PYRAMID_STRIDES: dict[int, int] = {2: 4, 3: 8, 4: 16, 5: 32}
+
+
+class Backbone(nn.Module):
+    """Wraps ``timm.create_model(features_only=True)`` and returns ``{level: tensor}`` for C2..C5.
+
+    Channels and strides come from timm's ``feature_info`` rather than being hard-coded, so any
+    convolutional timm model with features at strides 4-32 works.
+    """
+
+    def __init__(self, name: str, weights: str | None = None):
+        super().__init__()
+        self.body = _create_timm(name, weights)
+        info = self.body.feature_info
+        reductions = info.reduction()
+        # the deepest feature of each stride wins when a model reports several at one stride
+        by_stride = {r: i for i, r in enumerate(reductions)}
+        missing = [s for s in PYRAMID_STRIDES.values() if s not in by_stride]
+        if missing:
+            raise ModelError(f"backbone '{name}' gives features at strides {sorted(set(reductions))}, "
+                             f"but the pyramid needs 4, 8, 16 and 32; choose a convolutional backbone")
+        self.levels = list(PYRAMID_STRIDES)
+        self._indices = [by_stride[PYRAMID_STRIDES[lv]] for lv in self.levels]
+        self.channels = {lv: info.channels()[i] for lv, i in zip(self.levels, self._indices)}
+        cfg = self.body.pretrained_cfg
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        feats = self.body(x)
+        return {lv: feats[i] for lv, i in zip(self.levels, self._indices)}
+
+
+def _create_timm(name: str, weights: str | None) -> nn.Module:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ModelError(f"unknown timm backbone '{name}'{hint}")
+    if weights is None:
+        return timm.create_model(name, features_only=True, pretrained=False)
+    path = Path(weights)
+    if not path.is_file():
+        raise ModelError(f"model.backbone_weights '{weights}' not found; give a local .safetensors/.pth file "
+                         "or null for random init")
+    try:
+        return timm.create_model(name, features_only=True, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path)))
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"weights '{weights}' do not fit backbone '{name}': {first}") from exc

@@ -1,0 +1,47 @@
+"""The interface every task head implements, so the model and trainer treat all tasks alike."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+Raw = dict[str, torch.Tensor]
+
+
+class TaskHead(nn.Module):
+    """A head reads pyramid levels and owns its loss and decoding.
+
+    ``forward(features) -> raw``; ``loss(raw, targets) -> {name: scalar}`` using only samples
+    whose ``targets["valid"]`` is True; ``predict(raw, image_size) -> {name: tensor}`` with pure
+    batched tensor ops, so it exports to ONNX unchanged.
+    """
+
+    levels: list[int]
+
+    def forward(self, features: dict[int, torch.Tensor]) -> Raw:
+        raise NotImplementedError
+
+    def loss(self, raw: Raw, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict(self, raw: Raw, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def zero_loss(raw: Raw, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Zero losses that stay connected to every raw output (DDP needs each parameter in the graph)."""
+    anchor = sum(t.sum() for t in raw.values() if t.is_floating_point() and t.requires_grad)
+    if not isinstance(anchor, torch.Tensor):  # nothing requires grad (e.g. under no_grad)
+        anchor = next(iter(raw.values())).new_zeros(()).float()
+    return {name: anchor * 0.0 for name in names}
+
+
+def conv_norm_act(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 conv + GroupNorm + ReLU: the building block of the dense heads (GN works at any batch size)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.GroupNorm(math.gcd(32, out_channels), out_channels),
+        nn.ReLU(inplace=True),
+    )
