@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("overrides", nargs="*", help="config overrides such as model.backbone=resnet50")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(cfg.train.device)
     logger.info("model benchmark: backbone %s, %dx%d, batch %d, %d rounds, device %s, %d threads",

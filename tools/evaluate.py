@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--config", help="YAML merged over the checkpoint's own config (e.g. another dataset)")
     parser.add_argument("--out", help="metrics JSON path (default: eval_<weights>.json beside the weights)")
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.val.images=...")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     metrics = evaluate_checkpoint(args.weights, args.config, args.overrides)
     out = Path(args.out) if args.out else Path(args.weights).with_name(f"eval_{Path(args.weights).stem}.json")
     write_json(out, metrics)

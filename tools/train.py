@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--config", help="YAML config (defaults: the built-in shapes run)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last.pt")
     parser.add_argument("overrides", nargs="*", help="config overrides such as train.epochs=5")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     if args.resume:
         run_dir = Path(args.resume)
         state = load_checkpoint(run_dir / "last.pt")

@@ -125,7 +125,7 @@ class AugmentConfig:
 class TrainConfig:
     """Optimisation schedule and run bookkeeping."""
 
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -134,6 +134,7 @@ class TrainConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device: str = "auto"
+    channels_last: bool = True
     seed: int = 0
     max_steps_per_epoch: int | None = None
 
@@ -180,8 +181,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a Config from nested plain data (a YAML file or a checkpoint's saved config)."""
-    return _build(Config, raw, "")
+    """Build a Config from nested plain data (a YAML file or a checkpoint's saved config).
+
+    The data is merged onto the defaults first, so a partial section (``data.train.labels=null``)
+    changes only the keys it names.
+    """
+    merged = dataclasses.asdict(Config())
+    _merge(merged, raw)
+    return _build(Config, merged, "")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -4,6 +4,12 @@ Tools catch :class:`VisionMTLError` and print the message alone, without a trace
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class VisionMTLError(Exception):
     """Base class for errors caused by the user's input rather than by a bug."""
 

@@ -26,7 +26,8 @@ class DeviceAugment:
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         targets = {task: dict(t) for task, t in batch.targets.items()}
         if "detection" in targets:
-            targets["detection"]["boxes"] = _flip_boxes(targets["detection"]["boxes"], flip, images.shape[-1])
+            det = targets["detection"]
+            det["boxes"] = _flip_boxes(det["boxes"], flip.view(-1, 1) & (det["labels"] >= 0), images.shape[-1])
         if "segmentation" in targets:
             mask = targets["segmentation"]["mask"]
             targets["segmentation"]["mask"] = torch.where(flip.view(-1, 1, 1), mask.flip(-1), mask)
@@ -51,5 +52,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def _flip_boxes(boxes: torch.Tensor, flip: torch.Tensor, width: int) -> torch.Tensor:
+    """Mirror the boxes where ``flip`` [B, M] is True."""
     flipped = torch.stack([width - boxes[..., 2], boxes[..., 1], width - boxes[..., 0], boxes[..., 3]], dim=-1)
-    return torch.where(flip.view(-1, 1, 1), flipped, boxes)
+    return torch.where(flip.unsqueeze(-1), flipped, boxes)

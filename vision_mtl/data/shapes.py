@@ -19,6 +19,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from vision_mtl.errors import DataError
+
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star")
 SCENE_CLASSES: tuple[str, ...] = ("stripes", "checker", "dots", "smooth")
 GENERATOR_VERSION: int = 1
@@ -237,7 +239,8 @@ def ensure_shapes(root: str | Path, num_train: int = 2000, num_val: int = 200,
     if _is_current(root, params):
         return root
     if root.exists() and not (root / "meta.json").exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} is not a generated shapes dataset (no meta.json); refusing to replace it")
+        raise DataError(f"data.root '{root}' holds files that are not a generated shapes dataset, so it is left "
+                        "alone; set data.synthetic=null to train on them, or point data.root at a new folder")
 
     logger.info("generating shapes dataset in %s (%d images)...", root, num_train + num_val)
     root.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from vision_mtl.config import Config, config_from_dict, config_to_dict
-from vision_mtl.errors import CheckpointError, VisionMTLError
+from vision_mtl.errors import CheckpointError, VisionMTLError, first_line
 from vision_mtl.models import MultiTaskModel, build_model
 
 REQUIRED_KEYS = ("model", "config", "classes")
@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint '{path}': {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"cannot read checkpoint '{path}' ({first_line(exc)}); is it a .pt from tools/train.py?") from exc
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"'{path}' is not a vision_mtl checkpoint (needs keys {', '.join(REQUIRED_KEYS)})")
     return state

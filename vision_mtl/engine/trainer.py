@@ -47,6 +47,8 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.data = build_data(cfg, classes=resume["classes"] if resume else None)
         self.model = build_model(cfg.model, self.data.classes).to(self.device)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.steps_per_epoch = len(self.data.train)
         if cfg.train.max_steps_per_epoch:
@@ -103,7 +105,8 @@ class Trainer:
     def training_step(self, batch: Batch) -> dict[str, float]:
         """One optimisation step; returns the loss components as floats."""
         batch = self.augment(batch.to(self.device))
-        task_losses = self.model.loss(self.model(batch.images), batch.targets)
+        images = batch.images.contiguous(memory_format=self.memory_format)
+        task_losses = self.model.loss(self.model(images), batch.targets)
         weights = self.cfg.train.loss_weights
         total = sum(getattr(weights, task) * sum(parts.values()) for task, parts in task_losses.items())
         logged = {f"{task}/{name}": float(v.detach()) for task, parts in task_losses.items() for name, v in parts.items()}

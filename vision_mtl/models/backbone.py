@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from vision_mtl.errors import ModelError
+from vision_mtl.errors import ModelError, first_line
 
 PYRAMID_STRIDES: dict[int, int] = {2: 4, 3: 8, 4: 16, 5: 32}
 
@@ -58,6 +58,5 @@ def _create_timm(name: str, weights: str | None) -> nn.Module:
     try:
         return timm.create_model(name, features_only=True, pretrained=True,
                                  pretrained_cfg_overlay=dict(file=str(path)))
-    except (RuntimeError, KeyError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"weights '{weights}' do not fit backbone '{name}': {first}") from exc
+    except Exception as exc:  # a user file can fail to load in many ways (corrupt, foreign, mismatched)
+        raise ModelError(f"weights '{weights}' do not fit backbone '{name}': {first_line(exc)}") from exc

@@ -16,7 +16,8 @@ class MetricsLog:
         self.rows: list[dict[str, float]] = []
         if self.csv_path.is_file():  # a resumed run keeps its history
             with self.csv_path.open(newline="") as fh:
-                self.rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+                self.rows = [{k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v != ""}
+                             for row in csv.DictReader(fh)]
 
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)

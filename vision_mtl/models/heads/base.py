@@ -42,6 +42,6 @@ def conv_norm_act(in_channels: int, out_channels: int) -> nn.Sequential:
     """3x3 conv + GroupNorm + ReLU: the building block of the dense heads (GN works at any batch size)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.GroupNorm(math.gcd(32, out_channels), out_channels),
+        nn.GroupNorm(math.gcd(32, max(1, out_channels // 2)), out_channels),  # >= 2 channels a group: 1x1 maps work
         nn.ReLU(inplace=True),
     )

@@ -94,6 +94,8 @@ class DetectionHead(TaskHead):
     @torch.no_grad()
     def assign(self, points: torch.Tensor, strides: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor):
         """FCOS assignment for a batch: returns positive [B, N], labels [B, N], target ltrb [B, N, 4]."""
+        if boxes.shape[1] == 0:  # no image holds a box: one padding row keeps every shape below valid
+            boxes, labels = boxes.new_zeros(len(boxes), 1, 4), labels.new_full((len(labels), 1), -1)
         x = points[:, 0].view(1, -1, 1)
         y = points[:, 1].view(1, -1, 1)
         x1, y1, x2, y2 = (boxes[..., i].unsqueeze(1) for i in range(4))  # each [B, 1, M]
