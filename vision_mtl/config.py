@@ -53,7 +53,7 @@ class DetectionConfig:
 class SegmentationConfig:
     """Semantic-FPN head fusing P2-P5 at 1/4 resolution."""
 
-    channels: int = 32
+    channels: int = 64
     levels: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
     dice_weight: float = 1.0
     ignore_index: int = 255

@@ -85,7 +85,6 @@ class Trainer:
             self.log.append({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **losses, **metrics})
             logger.info("epoch %d/%d  loss %.3f  %s  (%.0fs)%s", epoch + 1, self.cfg.train.epochs, losses["loss"],
                         _headline(metrics), time.perf_counter() - started, "  *best" if improved else "")
-        write_json(self.run_dir / "metrics.json", self.best_metrics)
         return self.best_metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -136,6 +135,7 @@ class Trainer:
                         optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), **extra)
         if improved:
             save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.data.classes, **extra)
+            write_json(self.run_dir / "metrics.json", self.best_metrics)
 
 
 def _headline(metrics: dict[str, float]) -> str:
