@@ -1,0 +1,1 @@
+"""Engine: training, evaluation, metrics, checkpoints and benchmarks built on the models and data."""
