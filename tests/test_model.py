@@ -137,15 +137,16 @@ def test_loss_weights_scale_the_total(make_config, tmp_path):
     """train.loss_weights multiply each task's loss; zero weight removes a task from the total."""
     losses = {}
     for weight in ("1", "0"):
-        cfg = make_config("model.tasks=[classification, segmentation]", f"train.loss_weights.segmentation={weight}")
+        cfg = make_config("model.tasks=[classification, segmentation]", "train.loss_weights.classification=1.5",
+                          f"train.loss_weights.segmentation={weight}")
         (tmp_path / weight).mkdir()
         trainer = Trainer(cfg, run_dir=tmp_path / weight)
         batch = next(iter(trainer.data.train))
         torch.manual_seed(0)
         losses[weight] = trainer.training_step(batch)
     seg = losses["1"]["segmentation/ce"] + losses["1"]["segmentation/dice"]
-    assert losses["1"]["loss"] == pytest.approx(losses["1"]["classification/ce"] + seg, rel=1e-5)
-    assert losses["0"]["loss"] == pytest.approx(losses["0"]["classification/ce"], rel=1e-5)
+    assert losses["1"]["loss"] == pytest.approx(1.5 * losses["1"]["classification/ce"] + seg, rel=1e-5)
+    assert losses["0"]["loss"] == pytest.approx(1.5 * losses["0"]["classification/ce"], rel=1e-5)
 
 
 def test_non_finite_loss_skips_the_step_then_stops_with_a_user_error(make_config, tmp_path):

@@ -135,7 +135,7 @@ class Trainer:
                         optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), **extra)
         if improved:
             save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.data.classes, **extra)
-            write_json(self.run_dir / "metrics.json", self.best_metrics)
+        write_json(self.run_dir / "metrics.json", self.best_metrics)
 
 
 def _headline(metrics: dict[str, float]) -> str:
