@@ -19,6 +19,8 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "safetensors>=0.4",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
 )

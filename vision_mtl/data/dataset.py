@@ -27,6 +27,15 @@ class _Record:
 
 
 @dataclass
+class DetectionGroundTruth:
+    """What COCOeval scores against: a COCO instances dict in original image pixels, and the COCO
+    category id of each contiguous class index (to write results with the ids the dict uses)."""
+
+    coco: dict
+    category_ids: list[int]
+
+
+@dataclass
 class SplitSources:
     """The label sources of one split, read once and shared by class discovery and the dataset."""
 
@@ -86,7 +95,7 @@ class MultiTaskDataset(Dataset):
         self.classes = classes
         self.image_size = image_size
         self.multi_label = multi_label
-        self.coco = sources.coco
+        self._coco = sources.coco
         self._cls_index = {n: i for i, n in enumerate(classes.get("classification", []))}
         self.records = [self._record(path, sources) for path in list_images(sources.images_dir)]
         if not self.records:
@@ -108,6 +117,30 @@ class MultiTaskDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    # ---- what evaluation needs, without decoding images
+    def detection_ground_truth(self) -> DetectionGroundTruth | None:
+        """The split's detection labels for COCOeval, or None when it has none."""
+        if "detection" not in self.tasks or self._coco is None:
+            return None
+        return DetectionGroundTruth(self._coco.dataset, self._coco.category_ids)
+
+    def labelled_for(self, index: int) -> set[str]:
+        """The tasks image ``index`` carries labels for."""
+        record = self.records[index]
+        tasks = set()
+        if record.coco is not None:
+            tasks.add("detection")
+        if record.mask_path is not None:
+            tasks.add("segmentation")
+        if record.label_names is not None:
+            tasks.add("classification")
+        return tasks
+
+    def original_mask(self, index: int) -> np.ndarray | None:
+        """The segmentation ground truth of image ``index`` at the file's own size."""
+        record = self.records[index]
+        return read_mask(record.mask_path) if record.mask_path is not None else None
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]

@@ -40,8 +40,10 @@ def build_data(cfg: Config, classes: dict[str, list[str]] | None = None, train: 
         classes = discover_classes(train_sources, cfg.data, cfg.model.tasks)
     val_sources = read_split(cfg.data, cfg.data.val, "val")
     train_loader = make_loader(cfg, train_sources, classes, shuffle=True) if train else None
-    category_ids = val_sources.coco.category_ids if val_sources.coco is not None else None
-    return DataBundle(train_loader, make_loader(cfg, val_sources, classes, shuffle=False), classes, category_ids)
+    val_loader = make_loader(cfg, val_sources, classes, shuffle=False)
+    ground_truth = val_loader.dataset.detection_ground_truth()
+    category_ids = ground_truth.category_ids if ground_truth is not None else None
+    return DataBundle(train_loader, val_loader, classes, category_ids)
 
 
 def make_loader(cfg: Config, sources: SplitSources, classes: dict[str, list[str]], shuffle: bool) -> DataLoader:

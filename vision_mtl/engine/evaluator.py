@@ -8,7 +8,6 @@ from vision_mtl.utils.progress import progress
 
 from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.device_augment import to_float
-from vision_mtl.data.image_io import read_mask
 from vision_mtl.engine.metrics import ClassificationMetric, DetectionMetric, SegmentationMetric
 from vision_mtl.engine.results import split_predictions
 from vision_mtl.models import MultiTaskModel
@@ -36,13 +35,13 @@ class Evaluator:
             images = to_float(batch.images)
             preds = model.predict(model(images), tuple(images.shape[-2:]))
             for i, result in enumerate(split_predictions(preds, batch.meta)):
-                record = self.dataset.records[result.meta["index"]]
-                if "classification" in metrics and bool(batch.targets["classification"]["valid"][i]):
+                labelled = self.dataset.labelled_for(result.meta["index"])
+                if "classification" in metrics and "classification" in labelled:
                     metrics["classification"].update(result, batch.targets["classification"]["labels"][i].cpu().numpy())
-                if "detection" in metrics and record.coco is not None:
+                if "detection" in metrics and "detection" in labelled:
                     metrics["detection"].update(result)
-                if "segmentation" in metrics and record.mask_path is not None:
-                    metrics["segmentation"].update(result.mask, read_mask(record.mask_path))
+                if "segmentation" in metrics and "segmentation" in labelled:
+                    metrics["segmentation"].update(result.mask, self.dataset.original_mask(result.meta["index"]))
         out: dict[str, float] = {}
         for metric in metrics.values():
             out.update(metric.compute())
@@ -52,9 +51,9 @@ class Evaluator:
         metrics = {}
         if "classification" in tasks:
             metrics["classification"] = ClassificationMetric(len(self.classes["classification"]), self.multi_label)
-        if "detection" in tasks and self.dataset.coco is not None:
-            coco = self.dataset.coco
-            metrics["detection"] = DetectionMetric(coco.dataset, coco.category_ids, self.classes["detection"])
+        ground_truth = self.dataset.detection_ground_truth() if "detection" in tasks else None
+        if ground_truth is not None:
+            metrics["detection"] = DetectionMetric(ground_truth.coco, ground_truth.category_ids, self.classes["detection"])
         if "segmentation" in tasks:
             metrics["segmentation"] = SegmentationMetric(self.classes["segmentation"])
         return metrics
