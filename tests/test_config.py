@@ -58,10 +58,12 @@ def test_base_then_file_then_overrides(tmp_path):
 
 @pytest.mark.parametrize("override", ["data.train.labels=null", "data.val.masks=val/masks"])
 def test_override_one_split_key_keeps_the_other_split_keys(override):
+    """A mapping override of a one-source split edits that source (the pre-list form keeps working)."""
     default = Config().data
     cfg = load_config(None, [override])
-    split = cfg.data.train if override.startswith("data.train") else cfg.data.val
-    reference = default.train if override.startswith("data.train") else default.val
+    (split,) = cfg.data.train if override.startswith("data.train") else cfg.data.val
+    (reference,) = default.train if override.startswith("data.train") else default.val
+    assert split.format == reference.format == "files"
     assert split.images == reference.images
     assert split.annotations == reference.annotations
     assert split.masks == reference.masks

@@ -12,11 +12,13 @@ import torch
 
 from conftest import NUM_TRAIN, NUM_VAL, SHAPES_CLASSES, one_line
 from vision_mtl.config import AugmentConfig
-from vision_mtl.data.dataset import MultiTaskDataset, discover_classes, read_split
+from vision_mtl.data.classes import discover_classes
+from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.device_augment import DeviceAugment
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, Batch, Sample, collate
 from vision_mtl.data.shapes import SCENE_CLASSES, SHAPE_CLASSES, ensure_shapes
+from vision_mtl.data.sources import read_split
 from vision_mtl.data.transforms import PAD_VALUE, letterbox
 from vision_mtl.engine.results import split_predictions
 from vision_mtl.errors import DataError, VisionMTLError
@@ -34,10 +36,10 @@ def mask_bbox(mask: np.ndarray, value: int) -> list[int]:
 
 def test_shapes_split_loads_through_dataset_with_boxes_matching_coco(shapes_root, make_config):
     cfg = make_config()
-    sources = read_split(cfg.data, cfg.data.train, "train")
-    classes = discover_classes(sources, cfg.data, TASKS)
+    split = read_split(cfg, "train")
+    classes = discover_classes(split.sources, TASKS)
     assert classes == SHAPES_CLASSES
-    dataset = MultiTaskDataset(sources, TASKS, classes, cfg.data.image_size)
+    dataset = MultiTaskDataset(split, TASKS, classes, cfg.data.image_size)
     assert len(dataset) == NUM_TRAIN
 
     coco = json.loads((shapes_root / "train" / "annotations.json").read_text())

@@ -72,34 +72,64 @@ class ModelConfig:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
-@dataclass
-class SplitConfig:
-    """Files of one split, relative to ``data.root``; a task whose file is null is unlabelled."""
+SourceFormat = Literal["files", "coco", "yolo", "imagefolder", "csv", "masks"]
 
-    images: str = ""
+
+@dataclass
+class SourceConfig:
+    """One labelled source of a split; paths are relative to ``data.root`` unless absolute.
+
+    What each format reads (data/README.md shows each layout): files: the ``images`` folder joined
+    per image with an optional COCO ``annotations`` file (boxes), ``masks`` folder and ``labels``
+    CSV; coco: ``images`` + ``annotations`` (boxes, polygons/RLE, classes present), or image-level
+    classes from a ``labels`` CSV / ``label_field``; yolo: ``annotations`` = its data.yaml, ``split``
+    = the data.yaml key (default: the split being built); imagefolder: ``images`` with one
+    sub-folder per class; csv: ``images`` + ``labels``; masks: ``images`` + ``masks``.
+    ``tasks``: what this source labels (null: all it can). ``weight``: how often each of its images
+    is drawn in training, relative to an image of a weight-1 source. ``classes``: class names by
+    mask value, or the class order. ``class_map``: ``name: name`` renames or merges classes (null
+    drops one); integer keys map mask values to class names (unmapped values become ignore).
+    """
+
+    format: SourceFormat = "files"
+    images: str | None = None
     annotations: str | None = None
     masks: str | None = None
     labels: str | None = None
+    label_field: str | None = None
+    split: str | None = None
+    tasks: list[Task] | None = None
+    weight: float = 1.0
+    classes: list[str] | None = None
+    class_map: dict[int | str, str | None] | None = None
+
+
+# The location keys each source format reads: (required, optional).
+SOURCE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "files": (("images",), ("annotations", "masks", "labels")),
+    "coco": (("images", "annotations"), ("labels", "label_field")),
+    "yolo": (("annotations",), ("split",)),
+    "imagefolder": (("images",), ()),
+    "csv": (("images", "labels"), ()),
+    "masks": (("images", "masks"), ()),
+}
+
+
+def _shapes_split(split: str) -> list[SourceConfig]:
+    return [SourceConfig("files", f"{split}/images", f"{split}/annotations.json", f"{split}/masks",
+                         f"{split}/labels.csv")]
 
 
 @dataclass
 class DataConfig:
-    """Where the data lives and how images are sized for the network."""
+    """Where the data lives, the sources of each split, and how images are sized for the network."""
 
     root: str = "data/shapes"
     synthetic: Literal["shapes"] | None = "shapes"
     synthetic_train_images: int = 2000
     synthetic_val_images: int = 200
-    train: SplitConfig = field(
-        default_factory=lambda: SplitConfig(
-            "train/images", "train/annotations.json", "train/masks", "train/labels.csv"
-        )
-    )
-    val: SplitConfig = field(
-        default_factory=lambda: SplitConfig(
-            "val/images", "val/annotations.json", "val/masks", "val/labels.csv"
-        )
-    )
+    train: list[SourceConfig] = field(default_factory=lambda: _shapes_split("train"))
+    val: list[SourceConfig] = field(default_factory=lambda: _shapes_split("val"))
     image_size: int = 128
     seg_classes: list[str] | None = None
     num_workers: int = 1
@@ -226,14 +256,56 @@ def validate(cfg: Config) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1")
+    for split in ("train", "val"):
+        _validate_sources(getattr(cfg.data, split), f"data.{split}")
+
+
+def _validate_sources(sources: list[SourceConfig], key: str) -> None:
+    """Each source names the locations its format needs and none that it would ignore."""
+    if not sources:
+        raise ConfigError(f"{key} lists no sources; give at least one, e.g. [{{format: coco, images: ..., "
+                          "annotations: ...}]")
+    for i, source in enumerate(sources):
+        where = f"{key}[{i}] (format {source.format})"
+        required, optional = SOURCE_KEYS[source.format]
+        for name in required:
+            if not getattr(source, name):
+                raise ConfigError(f"{where} needs '{name}'")
+        for name in {k for keys in SOURCE_KEYS.values() for k in keys[0] + keys[1]} - {*required, *optional}:
+            if getattr(source, name) is not None:
+                raise ConfigError(f"{where} does not read '{name}'; it reads {', '.join(required + optional)}")
+        if source.weight <= 0:
+            raise ConfigError(f"{where}: weight={source.weight} must be > 0")
+        if source.labels and source.label_field:
+            raise ConfigError(f"{where}: give 'labels' or 'label_field', not both")
+        if source.classes is not None and source.format in ("coco", "yolo"):
+            raise ConfigError(f"{where}: its file declares the classes; rename or merge them with class_map")
+        if any(isinstance(k, int) for k in source.class_map or {}) and source.format not in ("masks", "files"):
+            raise ConfigError(f"{where}: integer class_map keys map mask values, and only masks and files "
+                              "sources have masks")
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Mappings merge key by key; anything else replaces. A mapping given for a list of sources
+    edits the one source there (``data.train.labels=null``, and configs saved before splits were
+    lists), or replaces the list when that has several sources or the mapping changes the format."""
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+        current = into.get(key)
+        if isinstance(value, dict) and isinstance(current, list):
+            if _edits_single_source(current, value):
+                _merge(current[0], value)
+            else:
+                into[key] = [value]
+        elif isinstance(value, dict) and isinstance(current, dict):
+            _merge(current, value)
         else:
             into[key] = value
+
+
+def _edits_single_source(sources: list, update: dict[str, Any]) -> bool:
+    if len(sources) != 1 or not isinstance(sources[0], dict) or "format" not in sources[0]:
+        return False
+    return update.get("format", sources[0]["format"]) == sources[0]["format"]
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -241,6 +313,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
+        if isinstance(child, list):
+            raise ConfigError(f"override '{key}': '{part}' is a list here; set it whole, e.g. {part}=[{{...}}]")
         if not isinstance(child, dict):
             raise ConfigError(f"override '{key}': '{part}' is a value, not a section")
         node = child
@@ -281,6 +355,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+        return {_coerce(args[0], k, f"{key} (a key)"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
@@ -296,4 +374,7 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(map(repr, typing.get_args(hint)))
     if origin is list:
         return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if origin is dict:
+        key, value = typing.get_args(hint)
+        return f"a mapping of {_describe(key)} to {_describe(value)}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -1,29 +1,24 @@
-"""A split's images joined with whichever label sources it has: COCO boxes, mask PNGs, CSV labels."""
+"""One dataset over every source of a split: letterboxed Samples and the ground truth evaluation needs."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from vision_mtl.config import DataConfig, SplitConfig
-from vision_mtl.data.coco import CocoImage, CocoIndex, load_coco
-from vision_mtl.data.image_io import list_images, read_image, read_mask
-from vision_mtl.data.label_csv import read_label_csv
-from vision_mtl.data.sample import Sample
-from vision_mtl.data.transforms import letterbox
+from vision_mtl.data import problems as kinds
+from vision_mtl.data.classes import ClassMaps
+from vision_mtl.data.coco import coco_dict
+from vision_mtl.data.image_io import image_size, read_image, read_mask
+from vision_mtl.data.problems import LoadProblems, ProblemLog
+from vision_mtl.data.rasterize import semantic_mask
+from vision_mtl.data.records import Record, SourceIndex
+from vision_mtl.data.sample import IGNORE_INDEX, Sample
+from vision_mtl.data.sources import Split
+from vision_mtl.data.transforms import PAD_VALUE, letterbox
 from vision_mtl.errors import DataError
-
-
-@dataclass
-class _Record:
-    path: Path
-    key: str  # path relative to the images folder, posix
-    coco: CocoImage | None
-    mask_path: Path | None
-    label_names: list[str] | None
 
 
 @dataclass
@@ -35,133 +30,205 @@ class DetectionGroundTruth:
     category_ids: list[int]
 
 
-@dataclass
-class SplitSources:
-    """The label sources of one split, read once and shared by class discovery and the dataset."""
-
-    images_dir: Path
-    coco: CocoIndex | None
-    masks_dir: Path | None
-    labels: dict[str, list[str]] | None
-
-
-def read_split(data: DataConfig, split: SplitConfig, name: str) -> SplitSources:
-    """Resolve a split's paths under ``data.root`` and read its annotation files."""
-    root = Path(data.root)
-    images_dir = root / split.images
-    if not split.images or not images_dir.is_dir():
-        raise DataError(f"data.{name}.images folder '{images_dir}' not found; check data.root and data.{name}.images")
-    masks_dir = root / split.masks if split.masks else None
-    if masks_dir is not None and not masks_dir.is_dir():
-        raise DataError(f"data.{name}.masks folder '{masks_dir}' not found; fix the path or set it to null")
-    return SplitSources(
-        images_dir=images_dir,
-        coco=load_coco(root / split.annotations) if split.annotations else None,
-        masks_dir=masks_dir,
-        labels=read_label_csv(root / split.labels) if split.labels else None,
-    )
-
-
-def discover_classes(sources: SplitSources, data: DataConfig, tasks: list[str]) -> dict[str, list[str]]:
-    """Class names per task from the training split's label files (saved in every checkpoint)."""
-    classes: dict[str, list[str]] = {}
-    if "detection" in tasks:
-        if sources.coco is None:
-            raise DataError("model.tasks has detection but data.train.annotations is null; give a COCO JSON")
-        classes["detection"] = sources.coco.class_names
-    if "segmentation" in tasks:
-        if data.seg_classes:
-            classes["segmentation"] = list(data.seg_classes)
-        elif sources.coco is not None:
-            classes["segmentation"] = ["background", *sources.coco.class_names]
-        else:
-            raise DataError("segmentation needs class names: set data.seg_classes (index = mask value)")
-    if "classification" in tasks:
-        if sources.labels is None:
-            raise DataError("model.tasks has classification but data.train.labels is null; give a file,label CSV")
-        classes["classification"] = sorted({n for names in sources.labels.values() for n in names})
-    return classes
-
-
 class MultiTaskDataset(Dataset):
-    """Every image of a split as a letterboxed :class:`Sample` with the labels its sources give.
+    """Every image of a split's sources, in order, as a letterboxed :class:`Sample` with its labels.
 
-    An image missing from a label source is simply unlabelled for that task (``Sample.has``).
+    Tasks a source does not label are ``None`` in the Sample (``valid=False`` in the Batch). An image
+    that cannot be decoded becomes a blank sample labelled for nothing (reported once), so an epoch
+    never stops and batches keep their size; evaluation skips it through :meth:`labelled_for`.
     """
 
-    def __init__(self, sources: SplitSources, tasks: list[str], classes: dict[str, list[str]],
-                 image_size: int, multi_label: bool = False):
+    def __init__(self, split: Split, tasks: list[str], classes: dict[str, list[str]], image_size: int,
+                 multi_label: bool = False):
+        self.name = split.name
         self.tasks = tasks
         self.classes = classes
         self.image_size = image_size
         self.multi_label = multi_label
-        self._coco = sources.coco
-        self._cls_index = {n: i for i, n in enumerate(classes.get("classification", []))}
-        self.records = [self._record(path, sources) for path in list_images(sources.images_dir)]
+        self.sources = split.sources
+        self.maps = [ClassMaps.build(source, classes) for source in self.sources]
+        self.records: list[Record] = [r for source in self.sources for r in source.records]
         if not self.records:
-            raise DataError(f"no images found in '{sources.images_dir}'")
-
-    def _record(self, path: Path, sources: SplitSources) -> _Record:
-        key = path.relative_to(sources.images_dir).as_posix()
-        coco = None
-        if "detection" in self.tasks and sources.coco is not None:
-            coco = sources.coco.images.get(key) or sources.coco.images.get(path.name)
-        mask_path = None
-        if "segmentation" in self.tasks and sources.masks_dir is not None:
-            candidate = (sources.masks_dir / key).with_suffix(".png")
-            mask_path = candidate if candidate.is_file() else None
-        label_names = None
-        if "classification" in self.tasks and sources.labels is not None:
-            label_names = sources.labels.get(key, sources.labels.get(path.name))
-        return _Record(path, key, coco, mask_path, label_names)
+            raise DataError(f"{split.name} has no images; check its sources' paths")
+        self.source_of = np.repeat(np.arange(len(self.sources)), [len(s.records) for s in self.sources])
+        self.image_ids = _unique_ids(self.sources)
+        self.class_targets = [self._class_target(i, split.problems) for i in range(len(self.records))]
+        split.problems.emit(split.name)
+        self.index_problems = split.problems
+        self.load_problems = LoadProblems(len(self.records), split.name)
+        self._ground_truth: DetectionGroundTruth | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    # ---- what evaluation needs, without decoding images
-    def detection_ground_truth(self) -> DetectionGroundTruth | None:
-        """The split's detection labels for COCOeval, or None when it has none."""
-        if "detection" not in self.tasks or self._coco is None:
-            return None
-        return DetectionGroundTruth(self._coco.dataset, self._coco.category_ids)
+    def _locate(self, index: int) -> tuple[Record, SourceIndex, ClassMaps]:
+        source = int(self.source_of[index])
+        return self.records[index], self.sources[source], self.maps[source]
 
+    def _class_target(self, index: int, problems: ProblemLog) -> list[int] | None:
+        """Model class ids of an image's image-level labels; None when it has none the model can learn."""
+        record, source, maps = self._locate(index)
+        if "classification" not in source.tasks or record.classes is None:
+            return None
+        wanted = [n for n in record.classes if source.class_map.get(n, n) is not None]  # class_map drops some
+        known = [maps.classification[n] for n in wanted if n in maps.classification]
+        problems.add(record.path, kinds.UNKNOWN_CLASS, len(wanted) - len(known))
+        if self.multi_label:  # no label at all is a labelled negative; only unknown labels is unlabelled
+            return sorted(set(known)) if known or not wanted else None
+        if len(known) > 1:
+            problems.add(record.path, kinds.SEVERAL_LABELS)
+        return known if len(known) == 1 else None
+
+    # ---- what evaluation needs, without decoding images
     def labelled_for(self, index: int) -> set[str]:
-        """The tasks image ``index`` carries labels for."""
-        record = self.records[index]
-        tasks = set()
-        if record.coco is not None:
-            tasks.add("detection")
-        if record.mask_path is not None:
-            tasks.add("segmentation")
-        if record.label_names is not None:
-            tasks.add("classification")
+        """The tasks image ``index`` carries labels for (less any found unusable when it was loaded)."""
+        record, source, _ = self._locate(index)
+        tasks = source.labelled(record)
+        if self.class_targets[index] is None:
+            tasks.discard("classification")
+        flagged = self.load_problems
+        if flagged.has(index, kinds.UNREADABLE_IMAGE):
+            return set()
+        if flagged.has(index, kinds.LABEL_SIZE):
+            tasks -= {"detection", "segmentation"} if source.seg_from_instances else {"detection"}
+        if flagged.has(index, kinds.MASK_SIZE) or flagged.has(index, kinds.UNREADABLE_MASK):
+            tasks.discard("segmentation")
         return tasks
 
-    def original_mask(self, index: int) -> np.ndarray | None:
-        """The segmentation ground truth of image ``index`` at the file's own size."""
-        record = self.records[index]
-        return read_mask(record.mask_path) if record.mask_path is not None else None
+    def detection_ground_truth(self) -> DetectionGroundTruth | None:
+        """The split's detection labels for COCOeval (crowd regions kept), or None when it has none."""
+        if self._ground_truth is None and "detection" in self.tasks:
+            entries = []
+            for index, record in enumerate(self.records):
+                _, source, maps = self._locate(index)
+                if "detection" in source.labelled(record):
+                    instances = dataclasses.replace(record.instances, labels=maps.detection[record.instances.labels])
+                    entries.append((int(self.image_ids[index]), record.key, record.size, instances))
+            if entries:
+                ids = self.category_ids()
+                self._ground_truth = DetectionGroundTruth(coco_dict(entries, self.classes["detection"], ids), ids)
+        return self._ground_truth
 
+    def category_ids(self) -> list[int]:
+        """The id results are written with for each detection class: the first detection source's own
+        ids (COCO's, YOLO's) when it maps one-to-one onto the classes, else class index + 1."""
+        for source, maps in zip(self.sources, self.maps):
+            if "detection" in source.tasks:
+                one_to_one = sorted(maps.detection.tolist()) == list(range(len(self.classes["detection"])))
+                if source.category_ids and one_to_one:
+                    ids = dict(zip(maps.detection.tolist(), source.category_ids))
+                    return [ids[i] for i in range(len(ids))]
+                break
+        return list(range(1, len(self.classes["detection"]) + 1))
+
+    def original_mask(self, index: int) -> np.ndarray | None:
+        """The segmentation ground truth of image ``index`` at the image's own size (ignore = 255);
+        None when it has none (an image that cannot be read has none)."""
+        record, source, _ = self._locate(index)
+        if "segmentation" not in source.labelled(record):
+            return None
+        try:
+            size = record.size if source.seg_from_instances else image_size(record.path)
+        except DataError as exc:
+            self.load_problems.report(index, kinds.UNREADABLE_IMAGE, record.path, str(exc.__cause__ or exc))
+            return None
+        mask = self._mask(index, size)
+        return mask if mask is not None else np.full(size, IGNORE_INDEX, np.uint8)
+
+    def index_labels(self, index: int) -> dict[str, list[int]]:
+        """Model class ids known without decoding: one per box (detection), per painted object
+        (segmentation from instances; a mask file needs decoding), per image label (classification)."""
+        record, source, maps = self._locate(index)
+        tasks, labels = self.labelled_for(index), {}
+        if "detection" in tasks or ("segmentation" in tasks and source.seg_from_instances):
+            objects = record.instances
+            painted = [i for i, s in enumerate(objects.segments) if s is not None and not objects.crowd[i]]
+            if "detection" in tasks:
+                det = maps.detection[objects.labels[~objects.crowd]]
+                labels["detection"] = det[det >= 0].tolist()
+            if "segmentation" in tasks:
+                seg = maps.instance_values[objects.labels[painted]]
+                labels["segmentation"] = seg[seg != IGNORE_INDEX].tolist()
+        if "classification" in tasks:
+            labels["classification"] = list(self.class_targets[index])
+        return labels
+
+    def sample_weights(self) -> np.ndarray | None:
+        """Per-image training draw weights from the sources' ``weight``; None when all are equal."""
+        weights = np.array([s.weight for s in self.sources], np.float64)[self.source_of]
+        return None if np.all(weights == weights[0]) else weights
+
+    # ---- loading
     def __getitem__(self, index: int) -> Sample:
-        record = self.records[index]
-        image = read_image(record.path)
-        sample = Sample(image=image, meta={"path": str(record.path), "key": record.key, "index": index,
-                                           "image_id": record.coco.image_id if record.coco else index})
-        if record.coco is not None:
-            sample.boxes, sample.labels = record.coco.boxes.copy(), record.coco.labels
-        if record.mask_path is not None:
-            mask = read_mask(record.mask_path)
-            if mask.shape != image.shape[:2]:
-                raise DataError(f"mask '{record.mask_path}' is {mask.shape}, image is {image.shape[:2]}")
-            sample.mask = mask
-        if record.label_names is not None:
-            sample.label = self._encode_label(record.label_names)
+        record, source, maps = self._locate(index)
+        meta = {"path": str(record.path), "key": record.key, "index": index, "image_id": int(self.image_ids[index]),
+                "source": source.name}
+        try:
+            image = read_image(record.path)
+        except DataError as exc:
+            self.load_problems.report(index, kinds.UNREADABLE_IMAGE, record.path, str(exc.__cause__ or exc))
+            blank = np.full((self.image_size, self.image_size, 3), PAD_VALUE, np.uint8)
+            return letterbox(Sample(blank, meta={**meta, "skipped": True}), self.image_size)
+        sample = Sample(image, meta=meta)
+        tasks = self.labelled_for(index)
+        size = image.shape[:2]
+        if record.size is not None and record.size != size and tasks & {"detection", "segmentation"}:
+            self.load_problems.report(index, kinds.LABEL_SIZE, record.path, f"annotated {record.size}, decoded {size}")
+            tasks = self.labelled_for(index)
+        if "detection" in tasks:
+            keep = ~record.instances.crowd & (maps.detection[record.instances.labels] >= 0)
+            sample.boxes = record.instances.boxes[keep].copy()
+            sample.labels = maps.detection[record.instances.labels[keep]]
+        if "segmentation" in tasks:
+            sample.mask = self._mask(index, size)
+        if "classification" in tasks:
+            sample.label = self._encode(self.class_targets[index])
         return letterbox(sample, self.image_size)
 
-    def _encode_label(self, names: list[str]) -> int | np.ndarray | None:
-        known = [self._cls_index[n] for n in names if n in self._cls_index]
+    def _mask(self, index: int, size: tuple[int, int]) -> np.ndarray | None:
+        """The model-class mask of image ``index`` at ``size``; None (reported) when the file is unusable."""
+        record, source, maps = self._locate(index)
+        if source.seg_from_instances:
+            return semantic_mask(record.instances, maps.instance_values[record.instances.labels], size)
+        try:
+            raw = read_mask(record.mask_file).astype(np.int64)
+        except DataError as exc:
+            self.load_problems.report(index, kinds.UNREADABLE_MASK, record.mask_file, str(exc.__cause__ or exc))
+            return None
+        if raw.shape != tuple(size):
+            detail = f"mask {raw.shape}, image {tuple(size)}"
+            self.load_problems.report(index, kinds.MASK_SIZE, record.mask_file, detail)
+            return None
+        inside = raw < len(maps.mask_values)
+        known = inside.copy()
+        known[inside] = maps.mask_known[raw[inside]]
+        if not known.all():
+            detail = f"mask values {np.unique(raw[~known])[:5].tolist()} set to ignore"
+            self.load_problems.report(index, kinds.UNKNOWN_CLASS, record.mask_file, detail)
+        mask = np.full(raw.shape, IGNORE_INDEX, np.uint8)
+        mask[inside] = maps.mask_values[raw[inside]]
+        return mask
+
+    def _encode(self, ids: list[int]) -> int | np.ndarray:
         if self.multi_label:
-            hot = np.zeros(len(self._cls_index), dtype=np.float32)
-            hot[known] = 1.0
+            hot = np.zeros(len(self.classes["classification"]), dtype=np.float32)
+            hot[ids] = 1.0
             return hot
-        return known[0] if len(known) == 1 else None
+        return ids[0]
+
+    def problem_counts(self) -> dict[str, int]:
+        """Problems by kind, found so far: at indexing, and while loading (complete after one pass)."""
+        return dict(self.index_problems.counts() + self.load_problems.counts())
+
+
+def _unique_ids(sources: list[SourceIndex]) -> np.ndarray:
+    """Image ids unique over the split: the first source keeps its own (COCO ids match its file);
+    a later source whose ids collide is shifted past the largest id so far."""
+    ids, largest = [], 0
+    for source in sources:
+        local = np.array([r.image_id for r in source.records], np.int64)
+        if ids and len(local) and np.isin(local, np.concatenate(ids)).any():
+            local = local - local.min() + largest + 1
+        ids.append(local)
+        largest = max(largest, int(local.max(initial=0)))
+    return np.concatenate(ids) if ids else np.zeros(0, np.int64)

@@ -10,14 +10,38 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vision_mtl.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """HxWx3 uint8 RGB, EXIF orientation applied, any PIL mode converted."""
+    """HxWx3 uint8 RGB, EXIF orientation applied; grayscale, palette, RGBA, CMYK and 16-bit converted."""
     try:
         with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot read image '{path}': {exc}") from exc
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit depth: PIL's convert() would clip at 255
+        gray = (np.asarray(img, dtype=np.float32) / 257.0).clip(0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "P":  # via RGBA so a transparency entry is handled like an alpha channel
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"))
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) after EXIF orientation, from the file header alone (no decoding)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
+                width, height = height, width
+            return height, width
+    except _READ_ERRORS as exc:
         raise DataError(f"cannot read image '{path}': {exc}") from exc
 
 
@@ -28,7 +52,7 @@ def read_mask(path: str | Path) -> np.ndarray:
             if img.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(f"mask '{path}' has mode {img.mode}; expected a single-channel class-index PNG")
             return np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except _READ_ERRORS as exc:
         raise DataError(f"cannot read mask '{path}': {exc}") from exc
 
 

@@ -1,4 +1,4 @@
-"""From a DataConfig to DataLoaders: synthetic data on first use, class discovery, collate."""
+"""From a DataConfig to DataLoaders: synthetic data on first use, sources, class discovery, collate."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from vision_mtl.config import Config
-from vision_mtl.data.dataset import MultiTaskDataset, SplitSources, discover_classes, read_split
+from vision_mtl.data.classes import discover_classes
+from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.sample import collate
 from vision_mtl.data.shapes import ensure_shapes
+from vision_mtl.data.sources import Split, read_split
 
 
 @dataclass
@@ -21,7 +23,7 @@ class DataBundle:
     train: DataLoader | None
     val: DataLoader
     classes: dict[str, list[str]]
-    category_ids: list[int] | None  # original COCO ids of the detection classes
+    category_ids: list[int] | None  # the id detection results are written with, per detection class
 
 
 def prepare_synthetic(cfg: Config) -> None:
@@ -32,32 +34,38 @@ def prepare_synthetic(cfg: Config) -> None:
 
 
 def build_data(cfg: Config, classes: dict[str, list[str]] | None = None, train: bool = True) -> DataBundle:
-    """Loaders for the val split (and train when ``train``); classes come from the training split
+    """Loaders for the val split (and train when ``train``); classes come from the training sources
     unless given (a checkpoint's classes, so evaluation uses the model's own class order)."""
     prepare_synthetic(cfg)
-    train_sources = read_split(cfg.data, cfg.data.train, "train") if train or classes is None else None
+    train_split = read_split(cfg, "train") if train or classes is None else None
     if classes is None:
-        classes = discover_classes(train_sources, cfg.data, cfg.model.tasks)
-    val_sources = read_split(cfg.data, cfg.data.val, "val")
-    train_loader = make_loader(cfg, train_sources, classes, shuffle=True) if train else None
-    val_loader = make_loader(cfg, val_sources, classes, shuffle=False)
+        classes = discover_classes(train_split.sources, cfg.model.tasks)
+    train_loader = make_loader(cfg, train_split, classes, train=True) if train else None
+    val_loader = make_loader(cfg, read_split(cfg, "val"), classes, train=False)
     ground_truth = val_loader.dataset.detection_ground_truth()
     category_ids = ground_truth.category_ids if ground_truth is not None else None
     return DataBundle(train_loader, val_loader, classes, category_ids)
 
 
-def make_loader(cfg: Config, sources: SplitSources, classes: dict[str, list[str]], shuffle: bool) -> DataLoader:
-    """A DataLoader of collated :class:`Batch` objects for one split."""
+def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train: bool) -> DataLoader:
+    """A DataLoader of collated :class:`Batch` objects for one split.
+
+    Training shuffles, or draws by the sources' weights when they differ (with replacement, one
+    epoch = as many images as the split holds); validation goes through every image once, in order.
+    """
     multi_label = cfg.model.classification.multi_label
-    dataset = MultiTaskDataset(sources, cfg.model.tasks, classes, cfg.data.image_size, multi_label)
+    dataset = MultiTaskDataset(split, cfg.model.tasks, classes, cfg.data.image_size, multi_label)
     collate_fn = partial(collate, tasks=cfg.model.tasks, num_cls_classes=len(classes.get("classification", [])),
                          multi_label=multi_label)
     generator = torch.Generator().manual_seed(cfg.train.seed)
+    weights = dataset.sample_weights() if train else None
+    sampler = WeightedRandomSampler(weights, len(dataset), generator=generator) if weights is not None else None
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle and len(dataset) > cfg.train.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train and len(dataset) > cfg.train.batch_size,
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
         collate_fn=collate_fn,

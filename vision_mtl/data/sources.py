@@ -1,0 +1,61 @@
+"""From a split's source configs to :class:`SourceIndex` objects: one reader per format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from vision_mtl.config import Config, SourceConfig
+from vision_mtl.data import coco, files, imagefolder, label_csv, masks, yolo
+from vision_mtl.data.problems import ProblemLog
+from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.records import SourceIndex
+from vision_mtl.errors import DataError
+
+READERS: dict[str, Callable[[SourceConfig, ReadContext], SourceIndex]] = {
+    "files": files.read,
+    "coco": coco.read,
+    "yolo": yolo.read,
+    "imagefolder": imagefolder.read,
+    "csv": label_csv.read,
+    "masks": masks.read,
+}
+
+
+@dataclass
+class Split:
+    """The sources of one split (``data.train`` or ``data.val``) and the problems met reading them."""
+
+    name: str
+    sources: list[SourceIndex]
+    problems: ProblemLog
+
+
+def read_split(cfg: Config, split: str) -> Split:
+    """Read every source listed under ``data.<split>``; paths resolve under ``data.root``."""
+    problems = ProblemLog()
+    sources = []
+    for i, source in enumerate(getattr(cfg.data, split)):
+        ctx = ReadContext(Path(cfg.data.root), split, f"data.{split}[{i}] ({source.format})", cfg.model.tasks,
+                          cfg.model.classification.multi_label, cfg.data.seg_classes, problems)
+        sources.append(read_source(source, ctx))
+    return Split(f"data.{split}", sources, problems)
+
+
+def read_source(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
+    """One source, used for the tasks it is configured for (default: every task it labels)."""
+    index = READERS[cfg.format](cfg, ctx)
+    wanted = set(cfg.tasks) if cfg.tasks is not None else index.provides
+    missing = wanted - index.provides
+    if missing:
+        hint = ""
+        if "classification" in missing and cfg.format in ("coco", "yolo"):
+            hint = ("; the categories present are a multi-label target: set model.classification.multi_label=true"
+                    " (or give a coco source 'labels' or 'label_field')")
+        raise DataError(f"{ctx.name} does not label {', '.join(sorted(missing))}; it labels "
+                        f"{', '.join(sorted(index.provides)) or 'nothing'}{hint}")
+    index.tasks = wanted & set(ctx.tasks)
+    index.weight = cfg.weight
+    index.class_map = {k: v for k, v in (cfg.class_map or {}).items() if isinstance(k, str)}
+    return index
