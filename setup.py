@@ -21,6 +21,7 @@ setup(
         "safetensors>=0.4",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        "onnxscript>=0.5",  # torch.onnx.export(dynamo=True), the default exporter
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
 )

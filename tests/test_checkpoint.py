@@ -11,7 +11,7 @@ from conftest import SHAPES_CLASSES, one_line
 from vision_mtl.config import Config, config_to_dict
 from vision_mtl.engine.checkpoint import (checkpoint_config, load_checkpoint, load_model, load_weights,
                                           save_checkpoint)
-from vision_mtl.engine.evaluation import evaluate_checkpoint
+from vision_mtl.engine.evaluation import evaluate_weights
 from vision_mtl.errors import CheckpointError
 from vision_mtl.models import build_model
 
@@ -128,10 +128,10 @@ def test_evaluate_checkpoint_with_another_config_file(best, tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text("model:\n  tasks: [classification, detection]\n")
     with pytest.raises(CheckpointError) as info:
-        evaluate_checkpoint(best, config=other, progress=False)
+        evaluate_weights(best, config=other, progress=False)
     assert one_line(info.value) and "does not fit" in str(info.value)
     with pytest.raises(CheckpointError) as info:
-        evaluate_checkpoint(best, overrides=["model.segmentation.channels=32"], progress=False)
+        evaluate_weights(best, overrides=["model.segmentation.channels=32"], progress=False)
     assert one_line(info.value)
 
 

@@ -11,9 +11,12 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vision_mtl.engine.evaluator import primary_score
-from vision_mtl.engine.metrics import ClassificationMetric, DetectionMetric, SegmentationMetric
+import torch
+
+from vision_mtl.engine.evaluator import category_ids_by_name, primary_score
+from vision_mtl.engine.metrics import ClassificationMetric, DetectionMetric, SegmentationMetric, average_precision
 from vision_mtl.engine.results import ImageResult
+from vision_mtl.errors import DataError
 
 # two images, non-contiguous category ids (contiguous class i <-> category_ids[i])
 CATEGORY_IDS = [3, 7]
@@ -123,10 +126,33 @@ def test_detection_only_scores_the_images_it_saw():
     assert out["detection/mAP"] == pytest.approx(1.0)
 
 
+def test_detection_category_ids_by_name_ignore_the_id_order():
+    coco = coco_dataset()
+    assert category_ids_by_name(coco, ["dog", "cat"]) == [7, 3]
+    with pytest.raises(DataError) as info:
+        category_ids_by_name(coco, ["cat", "horse"])
+    assert "horse" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_detection_per_class_ap_follows_category_ids_not_positions():
+    """Class order unlike the ground truth's id order: per-class AP must still land on the right name."""
+    results = detections()
+    for r in results:
+        keep = r.labels == 0  # only cats detected
+        r.boxes, r.scores, r.labels = r.boxes[keep], r.scores[keep], 1 - r.labels[keep]  # cat is class 1 below
+    metric = DetectionMetric(coco_dataset(), [7, 3], ["dog", "cat"])
+    for r in results:
+        metric.update(r)
+    out = metric.compute()
+    assert out["detection/AP/cat"] == pytest.approx(1.0) and out["detection/AP/dog"] == pytest.approx(0.0)
+
+
 # ------------------------------------------------------------------------------------ segmentation
 
-def numpy_miou(preds, truths, num_classes: int, ignore: int = 255):
-    ious = []
+def numpy_segmentation(preds, truths, num_classes: int, ignore: int = 255):
+    """mIoU over classes present in the truth, per-class IoU, fwIoU, straight from the definitions."""
+    ious, freqs = {}, {}
+    labelled = sum(np.sum(t != ignore) for t in truths)
     for c in range(num_classes):
         inter = union = gt_count = 0
         for p, t in zip(preds, truths):
@@ -135,11 +161,11 @@ def numpy_miou(preds, truths, num_classes: int, ignore: int = 255):
             union += np.sum(((p == c) | (t == c)) & keep)
             gt_count += np.sum((t == c) & keep)
         if gt_count:
-            ious.append(inter / union)
-    return float(np.mean(ious)), ious
+            ious[c], freqs[c] = inter / union, gt_count / labelled
+    return float(np.mean(list(ious.values()))), ious, float(sum(freqs[c] * ious[c] for c in ious))
 
 
-def test_segmentation_miou_matches_numpy_with_ignore_pixels():
+def test_segmentation_matches_numpy_with_ignore_pixels():
     rng = np.random.default_rng(0)
     preds, truths = [], []
     for _ in range(3):
@@ -150,12 +176,13 @@ def test_segmentation_miou_matches_numpy_with_ignore_pixels():
         truths.append(truth)
     metric = SegmentationMetric(["a", "b", "c", "d"])
     for p, t in zip(preds, truths):
-        metric.update(p, t)
+        metric.update(torch.from_numpy(p), torch.from_numpy(t))
     out = metric.compute()
-    expected, per_class = numpy_miou(preds, truths, 4)
+    expected, per_class, fw = numpy_segmentation(preds, truths, 4)
     assert out["segmentation/mIoU"] == pytest.approx(expected, abs=1e-12)
-    for name, iou in zip("abc", per_class):
-        assert out[f"segmentation/IoU/{name}"] == pytest.approx(iou, abs=1e-12)
+    assert out["segmentation/fwIoU"] == pytest.approx(fw, abs=1e-12)
+    for c, name in enumerate("abc"):
+        assert out[f"segmentation/IoU/{name}"] == pytest.approx(per_class[c], abs=1e-12)
     assert "segmentation/IoU/d" not in out  # absent from the ground truth -> not part of the mean
     keep = np.concatenate([t.ravel() for t in truths]) != 255
     acc = np.mean(np.concatenate([p.ravel() for p in preds])[keep] == np.concatenate([t.ravel() for t in truths])[keep])
@@ -163,43 +190,86 @@ def test_segmentation_miou_matches_numpy_with_ignore_pixels():
 
 
 def test_segmentation_perfect_prediction_and_ignored_pixels():
-    truth = np.array([[0, 1, 255], [2, 2, 255]])
-    pred = np.array([[0, 1, 0], [2, 2, 1]])  # wrong only where ignored
+    truth = torch.tensor([[0, 1, 255], [2, 2, 255]])
+    pred = torch.tensor([[0, 1, 0], [2, 2, 1]])  # wrong only where ignored
     metric = SegmentationMetric(["a", "b", "c"])
     metric.update(pred, truth)
-    assert metric.compute()["segmentation/mIoU"] == pytest.approx(1.0)
+    out = metric.compute()
+    assert out["segmentation/mIoU"] == pytest.approx(1.0) and out["segmentation/fwIoU"] == pytest.approx(1.0)
     assert SegmentationMetric(["a"]).compute() == {}
+
+
+def test_segmentation_respects_a_custom_ignore_index():
+    truth = torch.tensor([[0, 1, 7]])
+    pred = torch.tensor([[0, 1, 0]])
+    assert SegmentationMetric(["a", "b"], ignore_index=7).compute() == {}
+    metric = SegmentationMetric(["a", "b"], ignore_index=7)
+    metric.update(pred, truth)
+    assert metric.compute()["segmentation/pixel_acc"] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------------- classification
 
 def test_classification_top1_on_known_scores():
-    metric = ClassificationMetric(3)
-    scores = [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]]
-    targets = [0, 2, 0, 1]  # right, right, wrong, wrong
-    for s, t in zip(scores, targets):
-        metric.update(ImageResult(class_scores=np.array(s)), t)
-    out = metric.compute()
-    assert out == {"classification/top1": pytest.approx(0.5)}
+    metric = ClassificationMetric(["a", "b", "c"])
+    scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    metric.update(scores[:3], torch.tensor([0, 2, 0]))  # right, right, wrong
+    metric.update(scores[3:], torch.tensor([1]))  # wrong
+    assert metric.compute() == {"classification/top1": pytest.approx(0.5)}
 
 
 def test_classification_top5_only_with_more_than_five_classes():
-    metric = ClassificationMetric(7)
-    scores = np.array([0.3, 0.25, 0.2, 0.1, 0.08, 0.05, 0.02])
-    metric.update(ImageResult(class_scores=scores), 4)  # 5th best: top-5 hit, top-1 miss
-    metric.update(ImageResult(class_scores=scores), 6)  # last: miss
+    metric = ClassificationMetric(list("abcdefg"))
+    scores = torch.tensor([0.3, 0.25, 0.2, 0.1, 0.08, 0.05, 0.02]).repeat(2, 1)
+    metric.update(scores, torch.tensor([4, 6]))  # 5th best: top-5 hit, top-1 miss; last: miss
     out = metric.compute()
     assert out["classification/top1"] == 0.0
     assert out["classification/top5"] == pytest.approx(0.5)
+    assert ClassificationMetric(["a", "b", "c"]).compute() == {}
 
 
-def test_classification_multi_label_micro_f1():
-    metric = ClassificationMetric(3, multi_label=True)
-    metric.update(ImageResult(class_scores=np.array([0.9, 0.6, 0.1])), np.array([1.0, 0.0, 1.0]))  # tp1 fp1 fn1
-    metric.update(ImageResult(class_scores=np.array([0.2, 0.8, 0.7])), np.array([0.0, 1.0, 1.0]))  # tp2
+def test_classification_multi_label_micro_f1_at_the_threshold():
+    scores = torch.tensor([[0.9, 0.6, 0.1], [0.2, 0.8, 0.7]])
+    truth = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    metric = ClassificationMetric(["a", "b", "c"], multi_label=True)
+    metric.update(scores, truth)  # at 0.5: tp 3, fp 1, fn 1
+    assert metric.compute()["classification/f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    strict = ClassificationMetric(["a", "b", "c"], multi_label=True, threshold=0.75)
+    strict.update(scores, truth)  # at 0.75: tp 2 (0.9, 0.8), fp 0, fn 2
+    assert strict.compute()["classification/f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 2))
+
+
+def ap_by_definition(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over positives of the precision at that positive's score (all images scoring at least as much)."""
+    precisions = [np.sum(truth[scores >= s]) / np.sum(scores >= s) for s in scores[truth]]
+    return float(np.mean(precisions))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_average_precision_matches_its_definition_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, 40) / 5.0  # few distinct values: many ties
+    truth = rng.random(40) < 0.4
+    truth[0] = True
+    assert average_precision(scores, truth) == pytest.approx(ap_by_definition(scores, truth), abs=1e-12)
+
+
+def test_classification_multi_label_map_over_classes_with_positives():
+    rng = np.random.default_rng(0)
+    scores = rng.random((30, 4)).astype(np.float32)
+    truth = rng.random((30, 4)) < 0.3
+    truth[:, 3] = False  # no positive: AP undefined, left out of the mean
+    metric = ClassificationMetric(["a", "b", "c", "d"], multi_label=True)
+    metric.update(torch.from_numpy(scores[:10]), torch.from_numpy(truth[:10]).float())
+    metric.update(torch.from_numpy(scores[10:]), torch.from_numpy(truth[10:]).float())
     out = metric.compute()
-    assert out == {"classification/f1": pytest.approx(2 * 3 / (2 * 3 + 1 + 1))}
-    assert ClassificationMetric(3).compute() == {}
+    per_class = [ap_by_definition(scores[:, c], truth[:, c]) for c in range(3)]
+    assert out["classification/mAP"] == pytest.approx(np.mean(per_class), abs=1e-9)
+    assert out["classification/AP/b"] == pytest.approx(per_class[1], abs=1e-9)
+    assert "classification/AP/d" not in out
+    perfect = ClassificationMetric(["a", "b"], multi_label=True)
+    perfect.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    assert perfect.compute()["classification/mAP"] == pytest.approx(1.0)
 
 
 def test_primary_score_is_the_mean_of_headline_metrics():

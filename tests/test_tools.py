@@ -64,3 +64,17 @@ def test_benchmark_accepts_documented_argument_order():
                     "model.backbone=test_resnet", "model.neck_channels=16")
     assert proc.returncode == 0, proc.stderr
     assert "ratio multi / three single" in proc.stdout + proc.stderr
+
+
+def test_benchmark_export_prints_onnxruntime_and_torch_side_by_side():
+    proc = run_tool("benchmark.py", "export", "--imgsz", "64", "--batch", "1", "2", "--rounds", "1",
+                    "--exporter", "torchscript", "model.backbone=test_resnet", "model.neck_channels=16",
+                    "model.segmentation.channels=16")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    rows = re.findall(r"batch (\d+)\s+torch ms\s+([0-9.]+)\s+onnxruntime ms\s+([0-9.]+)\s+"
+                      r"ratio onnxruntime / torch ([0-9.]+)", output)
+    assert [r[0] for r in rows] == ["1", "2"], output
+    for _, torch_ms, ort_ms, ratio in rows:
+        assert float(torch_ms) > 0 and float(ort_ms) > 0
+        assert float(ratio) == pytest.approx(float(ort_ms) / float(torch_ms), rel=1.0)  # median of ratios, same scale

@@ -1,6 +1,11 @@
-"""Evaluate a trained checkpoint on its validation split (or another one given by overrides).
+"""Evaluate a trained model, checkpoint or exported ONNX, on its validation split (or another one
+given by --config/overrides, in any dataset format the loaders read).
 
     python tools/evaluate.py --weights runs/shapes/best.pt [--config cfg.yaml] [--out metrics.json] [key=value ...]
+    python tools/evaluate.py --weights model.onnx data.val.images=... data.val.annotations=...
+
+Writes the metrics JSON (``task/metric`` keys) and, with detection, the COCO results beside it
+(``<out stem>_detections.json``, original image and category ids); prints the metrics table.
 """
 
 from __future__ import annotations
@@ -9,24 +14,26 @@ import argparse
 import logging
 from pathlib import Path
 
-from vision_mtl.engine.evaluation import evaluate_checkpoint, format_metrics
+from vision_mtl.engine.evaluation import evaluate_weights, format_metrics, save_evaluation
 from vision_mtl.utils.cli import run_tool
-from vision_mtl.utils.metrics_log import write_json
 
 logger = logging.getLogger("evaluate")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="checkpoint written by tools/train.py")
-    parser.add_argument("--config", help="YAML merged over the checkpoint's own config (e.g. another dataset)")
-    parser.add_argument("--out", help="metrics JSON path (default: eval_<weights>.json beside the weights)")
+    parser.add_argument("--weights", required=True, help="checkpoint from tools/train.py or .onnx from tools/export_onnx.py")
+    parser.add_argument("--config", help="YAML merged over the model's own config (e.g. another dataset)")
+    parser.add_argument("--out", help="metrics JSON path (default: eval_<weights stem>.json beside the weights)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="multi-label classification: score at which a class counts as predicted (F1)")
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.val.images=...")
     args = parser.parse_intermixed_args()
-    metrics = evaluate_checkpoint(args.weights, args.config, args.overrides)
-    out = Path(args.out) if args.out else Path(args.weights).with_name(f"eval_{Path(args.weights).stem}.json")
-    write_json(out, metrics)
-    logger.info("%s\nmetrics written to %s", format_metrics(metrics), out)
+    evaluation = evaluate_weights(args.weights, args.config, args.overrides, args.threshold)
+    weights = Path(args.weights)
+    out = Path(args.out) if args.out else weights.with_name(f"eval_{weights.stem}.json")
+    written = save_evaluation(evaluation, out)
+    logger.info("%s\nwritten: %s", format_metrics(evaluation.metrics), ", ".join(map(str, written)))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,7 @@ class ModelError(VisionMTLError):
 
 class CheckpointError(VisionMTLError):
     """A checkpoint that is missing, corrupt or made for another model."""
+
+
+class ExportError(VisionMTLError):
+    """An export that failed, or an exported graph whose answers differ from PyTorch's."""

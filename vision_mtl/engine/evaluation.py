@@ -1,29 +1,39 @@
-"""Evaluating a saved checkpoint: rebuild model and data from it, run the Evaluator."""
+"""Evaluating saved weights (a checkpoint or an exported ONNX model) on a validation split."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from vision_mtl.config import load_config
 from vision_mtl.data.loader import build_data
-from vision_mtl.engine.checkpoint import load_checkpoint, load_weights
-from vision_mtl.engine.evaluator import Evaluator
-from vision_mtl.models import build_model
-from vision_mtl.utils.runtime import resolve_device
+from vision_mtl.engine.evaluator import Evaluation, Evaluator
+from vision_mtl.engine.runners import load_runner
+from vision_mtl.utils.metrics_log import write_json
 
 
-def evaluate_checkpoint(weights: str | Path, config: str | Path | None = None,
-                        overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict[str, float]:
-    """Metrics of ``weights`` on the val split of its config (plus ``config``/``overrides`` on top)."""
-    state = load_checkpoint(weights)
-    cfg = load_config(config, overrides, base=state["config"])
-    cfg.model.backbone_weights = None  # the checkpoint holds every weight
-    model = build_model(cfg.model, state["classes"])
-    load_weights(model, state["model"], weights)
-    device = resolve_device(cfg.train.device)
-    data = build_data(cfg, classes=state["classes"], train=False)
-    evaluator = Evaluator(data.val, state["classes"], cfg.model.classification.multi_label)
-    return evaluator.run(model.to(device), device, show_progress=progress)
+def evaluate_weights(weights: str | Path, config: str | Path | None = None,
+                     overrides: list[str] | tuple[str, ...] = (), threshold: float = 0.5,
+                     progress: bool = True) -> Evaluation:
+    """Metrics of ``weights`` on the val split of its own config (plus ``config``/``overrides`` on top).
+    ``threshold``: the score at which a multi-label class counts as predicted (for F1)."""
+    runner, cfg = load_runner(weights, config, overrides)
+    data = build_data(cfg, classes=runner.info.classes, train=False)
+    evaluator = Evaluator(data.val, runner.info.classes, cfg.model.classification.multi_label, threshold,
+                          cfg.model.segmentation.ignore_index)
+    return evaluator.run(runner, show_progress=progress)
+
+
+def save_evaluation(evaluation: Evaluation, out: str | Path) -> list[Path]:
+    """The metrics JSON at ``out`` and, with detection, the COCO results beside it as
+    ``<stem>_detections.json``. Returns the paths written."""
+    out = Path(out)
+    write_json(out, evaluation.metrics)
+    written = [out]
+    if evaluation.detections is not None:
+        detections = out.with_name(f"{out.stem}_detections.json")
+        detections.write_text(json.dumps(evaluation.detections))
+        written.append(detections)
+    return written
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -1,13 +1,19 @@
-"""Per-image results in original image coordinates: what evaluation, inference and writers consume."""
+"""Per-image results in original image coordinates: what evaluation, inference and writers consume.
+
+The one inverse of the letterbox (``vision_mtl.data.transforms.letterbox``): every path that turns
+network outputs into answers about the user's image (PyTorch or ONNX inference, evaluation) goes
+through :func:`split_predictions` / :func:`restore_mask`, so they cannot drift apart.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
+
+Predictions = dict[str, dict[str, torch.Tensor]]  # {task: {name: batched tensor}}, as the heads' predict gives
 
 
 @dataclass
@@ -26,7 +32,7 @@ class ImageResult:
     mask: np.ndarray | None = None
 
 
-def split_predictions(preds: dict[str, dict[str, torch.Tensor]], metas: list[dict[str, Any]]) -> list[ImageResult]:
+def split_predictions(preds: Predictions, metas: list[dict[str, Any]]) -> list[ImageResult]:
     """Cut batched head predictions into per-image results at original resolution.
 
     Relies on the letterbox convention (content at the top-left, scaled by ``meta["scale"]``).
@@ -47,10 +53,27 @@ def split_predictions(preds: dict[str, dict[str, torch.Tensor]], metas: list[dic
             boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
             result.boxes, result.scores, result.labels = boxes, det["scores"][i, :n].numpy(), det["labels"][i, :n].numpy()
         if "segmentation" in cpu:
-            content = cpu["segmentation"]["mask"][i, : round(height * scale), : round(width * scale)].numpy()
-            mask = content.astype(np.uint8 if content.max(initial=0) < 256 else np.int32)
-            if mask.shape != (height, width):
-                mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-            result.mask = mask
+            mask = restore_mask(cpu["segmentation"]["mask"][i], meta)
+            result.mask = mask.numpy().astype(np.uint8 if int(mask.max()) < 256 else np.int32)
         results.append(result)
     return results
+
+
+def restore_mask(mask: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    """A letterboxed [H, W] class-id mask at the image's original size: crop the content, then
+    nearest-neighbour resize by integer index arithmetic (exact, and the same on every device)."""
+    height, width = meta["orig_size"]
+    content = mask[: round(height * meta["scale"]), : round(width * meta["scale"])]
+    rows = torch.arange(height, device=mask.device) * content.shape[0] // height
+    cols = torch.arange(width, device=mask.device) * content.shape[1] // width
+    return content.index_select(0, rows).index_select(1, cols)
+
+
+def coco_detections(result: ImageResult, category_ids: list[int]) -> list[dict[str, Any]]:
+    """One image's detections as COCO results entries (xywh boxes, original category ids)."""
+    out = []
+    for box, score, label in zip(result.boxes, result.scores, result.labels):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        out.append({"image_id": result.meta["image_id"], "category_id": category_ids[int(label)],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    return out

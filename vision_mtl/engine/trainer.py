@@ -17,7 +17,9 @@ from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import Batch
 from vision_mtl.engine.checkpoint import load_weights, save_checkpoint
 from vision_mtl.engine.evaluator import Evaluator, primary_score
+from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.optim import build_optimizer, warmup_cosine
+from vision_mtl.engine.runners import TorchRunner
 from vision_mtl.errors import VisionMTLError
 from vision_mtl.models import build_model
 from vision_mtl.utils.metrics_log import MetricsLog, write_json
@@ -56,7 +58,10 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, max(1, round(cfg.train.warmup_epochs * self.steps_per_epoch)),
                                        cfg.train.epochs * self.steps_per_epoch)
         self.augment = DeviceAugment(cfg.train.augment)
-        self.evaluator = Evaluator(self.data.val, self.data.classes, cfg.model.classification.multi_label)
+        self.evaluator = Evaluator(self.data.val, self.data.classes, cfg.model.classification.multi_label,
+                                   ignore_index=cfg.model.segmentation.ignore_index)
+        info = ModelInfo.of(self.model, cfg, self.data.classes, self.data.category_ids)
+        self.runner = TorchRunner(self.model, info, self.device)
         self.run_dir = run_dir or new_run_dir(cfg.run.dir, cfg.run.name)
         save_config(cfg, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir)
@@ -76,7 +81,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
             started = time.perf_counter()
             losses = self.train_one_epoch(epoch)
-            metrics = self.evaluator.run(self.model, self.device)
+            metrics = self.evaluator.run(self.runner).metrics
             score = primary_score(metrics)
             improved = score > self.best_score
             if improved:

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import clip_boxes_to_image, generalized_box_iou_loss, nms, sigmoid_focal_loss
 
 from vision_mtl.config import DetectionConfig
 from vision_mtl.models.heads.base import Raw, TaskHead, conv_norm_act, zero_loss
@@ -22,8 +22,9 @@ class DetectionHead(TaskHead):
     ``center_sampling_radius`` strides, box size within the level's range, smallest box wins),
     computed for the whole batch at once. Losses: sigmoid focal (classes), GIoU weighted by the
     centerness target (boxes), BCE (centerness), each normalised by the number of positives.
-    ``predict`` returns padded tensors: ``boxes`` [B, K, 4], ``scores`` [B, K], ``labels`` [B, K]
-    (-1 padding) and ``num`` [B], with K = ``max_detections``.
+    ``predict`` = ``decode`` (box and class scores of every location) + :func:`select_detections`:
+    padded ``boxes`` [B, K, 4], ``scores`` [B, K], ``labels`` [B, K] (-1 padding) and ``num`` [B],
+    with K = ``max_detections``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, cfg: DetectionConfig):
@@ -53,11 +54,11 @@ class DetectionHead(TaskHead):
             box_out.append(ltrb.flatten(2).transpose(1, 2))  # [B, HW, 4]
             ctr_out.append(self.centerness(box_feat).flatten(1))  # [B, HW]
             h, w = x.shape[-2:]
-            ys = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) * stride
-            xs = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) * stride
+            ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5) * stride  # float32 even in half precision
+            xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) * stride
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
             points.append(torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1))  # [HW, 2]
-            strides.append(torch.full((h * w,), float(stride), device=x.device, dtype=x.dtype))
+            strides.append(torch.full((h * w,), float(stride), device=x.device))
         return {
             "cls_logits": torch.cat(cls_out, 1),
             "box_ltrb": torch.cat(box_out, 1),
@@ -128,29 +129,50 @@ class DetectionHead(TaskHead):
         return lo, hi
 
     def predict(self, raw: Raw, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        cls_logits, ltrb = raw["cls_logits"], raw["box_ltrb"]
-        batch, num_points, num_classes = cls_logits.shape
-        scores = torch.sqrt(cls_logits.sigmoid() * raw["centerness"].sigmoid().unsqueeze(-1)).flatten(1)
-        k = min(self.cfg.pre_nms_topk, num_points * num_classes)
-        top_scores, top_idx = scores.topk(k, dim=1)  # [B, k]
-        point_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
-        top_labels = top_idx % num_classes
-        top_ltrb = torch.gather(ltrb, 1, point_idx.unsqueeze(-1).expand(-1, -1, 4))
-        boxes = clip_boxes_to_image(ltrb_to_boxes(raw["points"][point_idx], top_ltrb), image_size)
+        boxes, scores = self.decode(raw, image_size)
+        return select_detections(boxes, scores, self.cfg)
 
-        # one NMS over the flattened batch, grouped by image x class, then top-K back per image
-        flat_boxes, flat_scores = boxes.reshape(-1, 4), top_scores.reshape(-1)
-        image_idx = torch.arange(batch, device=boxes.device).unsqueeze(1).expand(-1, k)
-        groups = (image_idx * num_classes + top_labels).reshape(-1)
-        candidates = torch.nonzero(flat_scores > self.cfg.score_thresh).squeeze(1)
-        keep = candidates[batched_nms(flat_boxes[candidates], flat_scores[candidates], groups[candidates],
-                                      self.cfg.nms_thresh)]
-        kept_scores = torch.zeros_like(flat_scores).scatter(0, keep, flat_scores[keep]).view(batch, k)
-        out_scores, order = kept_scores.topk(min(self.cfg.max_detections, k), dim=1)
-        found = out_scores > 0
-        out_boxes = torch.gather(boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4)) * found.unsqueeze(-1)
-        out_labels = torch.where(found, torch.gather(top_labels, 1, order), -1)
-        return {"boxes": out_boxes, "scores": out_scores, "labels": out_labels, "num": found.sum(dim=1)}
+    def decode(self, raw: Raw, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every location's box, clipped to the image, [B, N, 4] xyxy, and its per-class score [B, N, C]
+        (FCOS: sqrt(class probability x centerness), computed in log space), before any threshold or NMS."""
+        boxes = clip_boxes_to_image(ltrb_to_boxes(raw["points"], raw["box_ltrb"]), image_size)
+        scores = torch.exp(0.5 * (log_sigmoid(raw["cls_logits"]) + log_sigmoid(raw["centerness"]).unsqueeze(-1)))
+        return boxes, scores
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectionConfig) -> dict[str, torch.Tensor]:
+    """Decoded candidates (``boxes`` [B, N, 4], ``scores`` [B, N, C]) -> at most ``cfg.max_detections``
+    per image: top ``pre_nms_topk`` (location, class) pairs, score threshold, per-class NMS, padded
+    outputs ``boxes`` [B, K, 4], ``scores`` [B, K], ``labels`` [B, K] (-1 padding), ``num`` [B]."""
+    batch, num_points, num_classes = scores.shape
+    k = min(cfg.pre_nms_topk, num_points * num_classes)
+    top_scores, top_idx = scores.flatten(1).topk(k, dim=1)  # [B, k]
+    point_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
+    top_labels = top_idx % num_classes
+    top_boxes = torch.gather(boxes, 1, point_idx.unsqueeze(-1).expand(-1, -1, 4))  # [B, k, 4]
+
+    # one NMS over the flattened batch, grouped by image x class, then top-K back per image
+    flat_boxes, flat_scores = top_boxes.reshape(-1, 4), top_scores.reshape(-1)
+    image_idx = torch.arange(batch, device=boxes.device).unsqueeze(1).expand(-1, k)
+    groups = (image_idx * num_classes + top_labels).reshape(-1)
+    # batched_nms's coordinate trick, written out: above 4,000 boxes on CPU batched_nms switches to a
+    # per-class loop, a size test torch.export cannot decide for a dynamic batch. Shifting before
+    # the score filter keeps the offset free of data-dependent shapes.
+    shifted = flat_boxes + (groups * (flat_boxes.max() + 1)).unsqueeze(1)
+    candidates = torch.nonzero(flat_scores > cfg.score_thresh).squeeze(1)
+    keep = candidates[nms(shifted[candidates], flat_scores[candidates], cfg.nms_thresh)]
+    kept_scores = torch.zeros_like(flat_scores).scatter(0, keep, flat_scores[keep]).view(batch, k)
+    out_scores, order = kept_scores.topk(min(cfg.max_detections, k), dim=1)
+    found = out_scores > 0
+    out_boxes = torch.gather(top_boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4)) * found.unsqueeze(-1)
+    out_labels = torch.where(found, torch.gather(top_labels, 1, order), -1)
+    return {"boxes": out_boxes, "scores": out_scores, "labels": out_labels, "num": found.sum(dim=1)}
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """log(sigmoid(x)) from elementary ops, accurate for very negative x in every runtime:
+    onnxruntime's Sigmoid flushes results below ~1e-7 to zero, an error a square root magnifies."""
+    return x.clamp(max=0) - torch.log1p(torch.exp(-x.abs()))
 
 
 def ltrb_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:

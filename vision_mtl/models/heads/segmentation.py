@@ -63,5 +63,8 @@ class SegmentationHead(TaskHead):
         return losses
 
     def predict(self, raw: Raw, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        logits = F.interpolate(raw["logits"], size=image_size, mode="bilinear", align_corners=False)
-        return {"mask": logits.argmax(dim=1)}
+        return {"mask": self.logits_at(raw, image_size).argmax(dim=1)}
+
+    def logits_at(self, raw: Raw, image_size: tuple[int, int]) -> torch.Tensor:
+        """Class logits bilinearly upsampled to ``image_size``: [B, K, H, W] (``predict`` takes their argmax)."""
+        return F.interpolate(raw["logits"], size=image_size, mode="bilinear", align_corners=False)

@@ -1,0 +1,111 @@
+"""ONNX export of the whole multi-task model: one graph, every head, named outputs, self-describing.
+
+Input ``images``: float32 (float16 with ``half``) RGB in [0, 1], [B, 3, H, W], letterboxed to the
+model's size (normalisation happens inside the graph). The batch is always dynamic; ``dynamic``
+frees height and width too (multiples of 32). The outputs are named and documented in
+:data:`OUTPUTS`; the same text goes into the file's metadata (``outputs``) and doc string.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import onnx
+import torch
+from torch import nn
+
+from vision_mtl.engine.export_wrapper import OUTPUTS, ExportWrapper
+from vision_mtl.engine.model_info import ModelInfo
+from vision_mtl.engine.runners import load_torch_runner
+from vision_mtl.engine.verify import FLOAT16, FLOAT32, sample_batches, verify_onnx
+from vision_mtl.errors import CheckpointError, ExportError, first_line
+from vision_mtl.models import MultiTaskModel
+
+INPUT_DOC = "images: [B, 3, H, W] RGB in [0, 1] ({dtype}), letterboxed (scaled, padded bottom/right with 114/255)"
+Exporter = Literal["dynamo", "torchscript"]
+
+
+def export_checkpoint(weights: str | Path, out: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                      opset: int | None = None, dynamic: bool = False, half: bool = False, nms: bool = True,
+                      seg_logits: bool = False, exporter: Exporter = "dynamo",
+                      images: str | Path | None = None) -> dict[str, float]:
+    """Export a checkpoint's model, every head in one graph, to ``out``; check the graph; compare it
+    with PyTorch on sample images (``images`` folder, else generated). Returns the largest
+    difference per output; raises :class:`ExportError` when one is out of tolerance."""
+    if Path(weights).suffix.lower() == ".onnx":
+        raise CheckpointError(f"'{weights}' is already ONNX; export from the .pt checkpoint tools/train.py wrote")
+    runner, _ = load_torch_runner(weights, overrides=overrides)
+    wrapper = ExportWrapper(runner.model.cpu(), nms=nms, seg_logits=seg_logits)
+    export_onnx(wrapper, runner.info, out, opset, dynamic, half, exporter)
+    batches = sample_batches(runner.info.image_size, images, dynamic)
+    return verify_onnx(out, wrapper, batches, FLOAT16 if half else FLOAT32)
+
+
+def export_onnx(wrapper: ExportWrapper, info: ModelInfo, path: str | Path, opset: int | None = None,
+                dynamic: bool = False, half: bool = False, exporter: Exporter = "dynamo") -> Path:
+    """Write ``wrapper``'s graph to ``path`` with ``info`` in its metadata, then ``onnx.checker`` it."""
+    path = Path(path)
+    module = copy.deepcopy(wrapper).half() if half else wrapper
+    size = _example_size(wrapper.model, info.image_size) if dynamic else info.image_size
+    example = torch.rand(2, 3, size, size, dtype=torch.float16 if half else torch.float32)  # 2: batch 1 would be specialised
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter; the graph is verified instead
+            if exporter == "dynamo":
+                _export_dynamo(module, example, path, opset, dynamic)
+            else:
+                _export_torchscript(module, example, path, opset, dynamic)
+    except Exception as exc:  # both exporters raise many types; the first line names the failing op
+        raise ExportError(f"{exporter} export failed: {first_line(exc)}") from exc
+    _write_metadata(path, info, wrapper.output_names, "float16" if half else "float32")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"onnx.checker rejects '{path}': {first_line(exc)}") from exc
+    return path
+
+
+def _export_dynamo(module: nn.Module, example: torch.Tensor, path: Path, opset: int | None, dynamic: bool) -> None:
+    shapes = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if dynamic:
+        shapes[2] = 32 * torch.export.Dim("height_32", min=1, max=256)
+        shapes[3] = 32 * torch.export.Dim("width_32", min=1, max=256)
+    torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=["images"],
+                      output_names=module.output_names, dynamic_shapes=(shapes,), opset_version=opset, verbose=False)
+
+
+def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, opset: int | None,
+                        dynamic: bool) -> None:
+    spatial = {2: "height", 3: "width"} if dynamic else {}
+    axes = {"images": {0: "batch", **spatial}}
+    for name in module.output_names:
+        axes[name] = {0: "batch"}
+        if dynamic and name.startswith("seg_"):
+            axes[name].update({1: "height", 2: "width"} if name == "seg_mask" else {2: "height", 3: "width"})
+        if dynamic and name.startswith("det_candidate_"):
+            axes[name][1] = "locations"
+    torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=["images"],
+                      output_names=module.output_names, dynamic_axes=axes, opset_version=opset)
+
+
+def _example_size(model: MultiTaskModel, image_size: int) -> int:
+    """An example side at which no pyramid level is 1x1: the exporters specialise size-1 dims,
+    which would break other sizes."""
+    deepest = max(lv for head in model.heads.values() for lv in head.levels)
+    return max(image_size, 2 * 2**deepest)
+
+
+def _write_metadata(path: Path, info: ModelInfo, output_names: list[str], dtype: str) -> None:
+    model = onnx.load(str(path))
+    props = {**info.to_metadata(), "input": INPUT_DOC.format(dtype=dtype),
+             "outputs": json.dumps({name: OUTPUTS[name][2] for name in output_names})}
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    model.doc_string = "vision_mtl multi-task model. " + INPUT_DOC.format(dtype=dtype) + ". Outputs: " + \
+        "; ".join(f"{name} {OUTPUTS[name][2]}" for name in output_names)
+    onnx.save(model, str(path))

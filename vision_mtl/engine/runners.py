@@ -1,0 +1,143 @@
+"""Runners: one call for a trained model whatever its form, so evaluation and inference cannot tell
+PyTorch from ONNX.
+
+``runner(images)`` takes letterboxed uint8 RGB images [B, 3, H, W] (what the loaders and
+``prepare_images`` give) and returns the heads' predictions ``{task: {name: tensor}}``; the
+uint8 -> [0, 1] float step happens here, once, for both back ends. ``runner.info`` describes the
+model (tasks, class names, input size, config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from vision_mtl.config import Config, config_from_dict, config_to_dict, load_config
+from vision_mtl.data.device_augment import to_float
+from vision_mtl.engine.checkpoint import load_checkpoint, load_weights
+from vision_mtl.engine.export_wrapper import predictions_from_outputs
+from vision_mtl.engine.model_info import ModelInfo
+from vision_mtl.engine.results import Predictions
+from vision_mtl.errors import CheckpointError, ConfigError, first_line
+from vision_mtl.models import MultiTaskModel, build_model
+from vision_mtl.utils.runtime import resolve_device
+
+
+class Runner(Protocol):
+    info: ModelInfo
+
+    @property
+    def tasks(self) -> list[str]: ...
+
+    def __call__(self, images: torch.Tensor) -> Predictions: ...
+
+
+class TorchRunner:
+    """A PyTorch model in eval mode on ``device``."""
+
+    def __init__(self, model: MultiTaskModel, info: ModelInfo, device: torch.device):
+        self.model = model
+        self.info = info
+        self.device = device
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.info.tasks
+
+    def __call__(self, images: torch.Tensor) -> Predictions:
+        self.model.eval()
+        with torch.inference_mode():
+            x = to_float(images.to(self.device, non_blocking=True))
+            return self.model.predict(self.model(x), tuple(x.shape[-2:]))
+
+
+class OnnxRunner:
+    """An exported model (tools/export_onnx.py: dynamic batch) in an onnxruntime session, on CUDA
+    when onnxruntime-gpu provides it, else on the CPU."""
+
+    def __init__(self, path: str | Path):
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid files
+            raise CheckpointError(f"cannot load ONNX model '{path}': {first_line(exc)}") from exc
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
+        self.dynamic_size = not all(isinstance(d, int) for d in graph_input.shape[2:])  # names where dynamic
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.detection = config_from_dict(self.info.config).model.detection
+
+    @property
+    def tasks(self) -> list[str]:
+        return self.info.tasks
+
+    def __call__(self, images: torch.Tensor) -> Predictions:
+        x = to_float(images.cpu()).numpy().astype(self.input_dtype)
+        outputs = self.session.run(self.output_names, {self.input_name: x})
+        named = {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)}
+        return predictions_from_outputs(named, self.detection)
+
+
+def load_runner(weights: str | Path, config: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> tuple[Runner, Config]:
+    """A runner for a checkpoint (``.pt``) or an exported model (``.onnx``), and the config to use it
+    with: the model's own, with ``config``/``overrides`` on top (e.g. another validation split)."""
+    if Path(weights).suffix.lower() == ".onnx":
+        return load_onnx_runner(weights, config, overrides)
+    return load_torch_runner(weights, config, overrides)
+
+
+def load_torch_runner(weights: str | Path, config: str | Path | None = None,
+                      overrides: list[str] | tuple[str, ...] = ()) -> tuple[TorchRunner, Config]:
+    """A checkpoint's model, rebuilt from its config with ``config``/``overrides`` on top, on ``train.device``."""
+    state = load_checkpoint(weights)
+    cfg = load_config(config, overrides, base=state["config"])
+    cfg.model.backbone_weights = None  # the checkpoint holds every weight
+    model = build_model(cfg.model, state["classes"])
+    load_weights(model, state["model"], weights)
+    device = resolve_device(cfg.train.device)
+    info = ModelInfo.of(model, cfg, state["classes"], state.get("category_ids"))
+    return TorchRunner(model.to(device), info, device), cfg
+
+
+def load_onnx_runner(weights: str | Path, config: str | Path | None = None,
+                     overrides: list[str] | tuple[str, ...] = ()) -> tuple[OnnxRunner, Config]:
+    """An exported model and its stored config with ``config``/``overrides`` on top; model settings
+    cannot change (they are in the graph)."""
+    if not Path(weights).is_file():
+        raise CheckpointError(f"ONNX model '{weights}' not found; write one with tools/export_onnx.py")
+    runner = OnnxRunner(weights)
+    cfg = load_config(config, overrides, base=runner.info.config)
+    _check_onnx_config(runner, cfg, weights)
+    return runner, cfg
+
+
+def _check_onnx_config(runner: OnnxRunner, cfg: Config, path: str | Path) -> None:
+    """An ONNX graph fixes its model settings and, unless exported --dynamic, its input size."""
+    own = _leaves(config_to_dict(config_from_dict(runner.info.config))["model"])  # as this version reads it
+    asked = _leaves(config_to_dict(cfg)["model"])
+    changed = [key for key, value in asked.items() if own.get(key) != value]
+    if changed:
+        raise ConfigError(f"'{path}' is an exported graph: its model settings are fixed, but model.{changed[0]} "
+                          "was changed; export again with that setting, or evaluate the checkpoint")
+    if not runner.dynamic_size and cfg.data.image_size != runner.info.image_size:
+        raise ConfigError(f"'{path}' takes {runner.info.image_size}x{runner.info.image_size} images, but "
+                          f"data.image_size={cfg.data.image_size}; keep the size or export with --dynamic")
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts flattened to dotted keys."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
