@@ -17,7 +17,7 @@ from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.device_augment import DeviceAugment
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, Batch, Sample, collate
-from vision_mtl.data.shapes import SCENE_CLASSES, SHAPE_CLASSES, ensure_shapes
+from vision_mtl.data.shapes import ensure_shapes
 from vision_mtl.data.sources import read_split
 from vision_mtl.data.transforms import PAD_VALUE, letterbox
 from vision_mtl.engine.results import split_predictions

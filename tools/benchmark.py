@@ -2,21 +2,30 @@
 
     python tools/benchmark.py model [--imgsz 320] [--batch 8] [--rounds 10] [--config cfg.yaml] [key=value ...]
     python tools/benchmark.py export [--imgsz 128] [--batch 1 8] [--rounds 10] [--weights best.pt] [key=value ...]
+    python tools/benchmark.py infer --weights best.pt [--source DIR] [--images 300] [--batch 16] [--workers 2]
+                                    [--rounds 3] [--memory]
 
 model: one multi-task forward vs the three single-task models. export: the exported graph in
-onnxruntime (CPU) vs PyTorch eager, network and postprocessing (NMS, argmax) included.
+onnxruntime (CPU) vs PyTorch eager, network and postprocessing (NMS, argmax) included. infer:
+folder inference throughput vs its bound max(decode only, model only); --memory adds the peak
+resident memory after 100 and after 1,000 images of one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
+from pathlib import Path
 
 import torch
 
 from vision_mtl.config import load_config
 from vision_mtl.engine.benchmark import benchmark_export, benchmark_model, random_model
+from vision_mtl.engine.predictor import Predictor
 from vision_mtl.engine.runners import load_torch_runner
+from vision_mtl.errors import ConfigError
+from vision_mtl.inference.benchmark import benchmark_folder, benchmark_infer, memory_probe
 from vision_mtl.utils.cli import run_tool
 from vision_mtl.utils.runtime import resolve_device
 
@@ -25,20 +34,23 @@ logger = logging.getLogger("benchmark")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["model", "export"],
-                        help="model: multi-task vs three single-task models; export: onnxruntime vs torch eager")
+    parser.add_argument("what", choices=["model", "export", "infer"],
+                        help="model: multi-task vs three single-task models; export: onnxruntime vs torch eager; "
+                             "infer: folder inference vs its bound")
     parser.add_argument("--config", help="YAML config whose model section is measured (default: shapes)")
     parser.add_argument("--imgsz", type=int, help="input side (default: model 320, export the config's data.image_size)")
     parser.add_argument("--batch", type=int, nargs="+", help="batch size(s) (default: model 8, export 1 and 8)")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--weights", help="export: time this trained checkpoint instead of random weights")
+    parser.add_argument("--weights", help="export: time this trained checkpoint instead of random weights; "
+                                          "infer: the checkpoint or ONNX model to run (required)")
+    parser.add_argument("--source", help="infer: image folder (default: --images copies of coco128, else shapes)")
+    parser.add_argument("--images", type=int, default=300, help="infer: size of the default folder")
+    parser.add_argument("--workers", type=int, default=2, help="infer: decoding processes")
+    parser.add_argument("--memory", action="store_true", help="infer: also peak memory after 100 and 1,000 images")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="export: torch.onnx exporter")
     parser.add_argument("overrides", nargs="*", help="config overrides such as model.backbone=resnet50")
     args = parser.parse_intermixed_args()
-    if args.what == "model":
-        run_model(args)
-    else:
-        run_export(args)
+    {"model": run_model, "export": run_export, "infer": run_infer}[args.what](args)
 
 
 def run_model(args: argparse.Namespace) -> None:
@@ -67,6 +79,27 @@ def run_export(args: argparse.Namespace) -> None:
     for row in benchmark_export(model, info, args.batch or [1, 8], args.rounds, args.exporter):
         logger.info("  batch %-3d torch ms %9.2f   onnxruntime ms %9.2f   ratio onnxruntime / torch %.3f",
                     row["batch"], row["torch ms"], row["onnxruntime ms"], row["ratio onnxruntime / torch"])
+
+
+
+def run_infer(args: argparse.Namespace) -> None:
+    if not args.weights:
+        raise ConfigError("benchmark infer needs --weights: a checkpoint (e.g. runs/shapes/best.pt) or an ONNX model")
+    predictor = Predictor(args.weights, image_size=args.imgsz)
+    batch = (args.batch or [16])[0]
+    with tempfile.TemporaryDirectory(prefix="vision_mtl_bench_") as tmp:
+        source = Path(args.source) if args.source else benchmark_folder(Path(tmp) / "folder", args.images)
+        logger.info("infer benchmark: %s, %s, %dx%d, batch %d, %d workers, %d rounds, %d threads", args.weights,
+                    source, predictor.image_size, predictor.image_size, batch, args.workers, args.rounds,
+                    torch.get_num_threads())
+        result = benchmark_infer(predictor, source, batch, args.workers, args.rounds, Path(tmp) / "runs")
+        for key, value in result.items():
+            logger.info("  %-22s %.3f", key, value)
+        if args.memory:
+            big = benchmark_folder(Path(tmp) / "memory", 1000)
+            peaks = memory_probe(Path(args.weights), big, Path(tmp) / "memory-run", batch, args.workers, (100, 1000))
+            logger.info("  peak MiB after 100 images %.1f, after 1000 %.1f, ratio %.3f", peaks[100], peaks[1000],
+                        peaks[1000] / peaks[100])
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vision_mtl.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Raster formats Pillow or OpenCV decode (the last few, e.g. .exr/.hdr/.pfm, only through OpenCV).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+                  ".avif", ".jp2", ".j2k", ".pbm", ".pgm", ".ppm", ".pnm", ".tga", ".ico", ".qoi", ".psd", ".pcx",
+                  ".sgi", ".ras", ".dds", ".xbm", ".xpm", ".pfm", ".sr", ".exr", ".hdr", ".pic")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -20,8 +24,25 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return _to_rgb(ImageOps.exif_transpose(img))
+    except UnidentifiedImageError as exc:  # not a format Pillow knows: OpenCV may (HDR, EXR, PFM, ...)
+        image = _read_with_opencv(path)
+        if image is None:
+            raise DataError(f"cannot read image '{path}': {exc}") from exc
+        return image
     except _READ_ERRORS as exc:
         raise DataError(f"cannot read image '{path}': {exc}") from exc
+
+
+def _read_with_opencv(path: str | Path) -> np.ndarray | None:
+    """HxWx3 uint8 RGB through OpenCV (16-bit scaled down, float clipped to [0, 1]), None if it cannot decode."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        return None
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0).round()
+    elif image.dtype != np.uint8:
+        image = (np.nan_to_num(image.astype(np.float32)).clip(0, 1) * 255).round()
+    return cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_BGR2RGB)
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

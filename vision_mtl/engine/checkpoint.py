@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from vision_mtl.config import Config, config_from_dict, config_to_dict
 from vision_mtl.errors import CheckpointError, VisionMTLError, first_line
 from vision_mtl.models import MultiTaskModel, build_model
+from vision_mtl.utils.atomic import atomic_open
 
 REQUIRED_KEYS = ("model", "config", "classes")
 
@@ -20,9 +20,8 @@ def save_checkpoint(path: str | Path, model: MultiTaskModel, cfg: Config, classe
     """Write to a temporary file and rename, so a crash never leaves a half-written checkpoint."""
     path = Path(path)
     state = {"model": model.state_dict(), "config": config_to_dict(cfg), "classes": classes, **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The one preprocessing step for images that do not come through a dataset (folder inference,
-export checks): the same letterbox and collate the loaders use, so every path feeds the model alike."""
+the Predictor, export checks): the same letterbox and collate the loaders use, so every path
+feeds the model alike."""
 
 from __future__ import annotations
 
@@ -13,12 +14,21 @@ from vision_mtl.data.sample import Batch, Sample, collate
 from vision_mtl.data.transforms import letterbox
 
 
+def prepare_image(image: np.ndarray, size: int, meta: dict[str, Any] | None = None) -> Sample:
+    """An HxWx3 uint8 RGB image letterboxed to ``size``; ``meta`` gains ``orig_size`` and ``scale``
+    (what :func:`~vision_mtl.engine.results.split_predictions` inverts)."""
+    return letterbox(Sample(image=image, meta=dict(meta or {})), size)
+
+
 def prepare_images(images: list[np.ndarray], size: int, metas: list[dict[str, Any]] | None = None) -> Batch:
-    """HxWx3 uint8 RGB images -> a Batch of letterboxed uint8 [B, 3, size, size] with each image's
-    ``meta`` (``orig_size``, ``scale``: what :func:`~vision_mtl.engine.results.split_predictions` inverts)."""
+    """HxWx3 uint8 RGB images -> a Batch of letterboxed uint8 [B, 3, size, size] with each image's meta."""
     metas = metas or [{} for _ in images]
-    return collate([letterbox(Sample(image=image, meta=dict(meta)), size) for image, meta in zip(images, metas)],
-                   tasks=[])
+    return collate_prepared([prepare_image(image, size, meta) for image, meta in zip(images, metas)])
+
+
+def collate_prepared(samples: list[Sample]) -> Batch:
+    """Letterboxed, unlabelled samples -> one Batch."""
+    return collate(samples, tasks=[])
 
 
 def read_images(paths: list[Path], size: int) -> Batch:

@@ -21,7 +21,9 @@ class ImageResult:
     """Predictions for one image, mapped back from the letterboxed network input to the file's pixels.
 
     class_scores: [C] probabilities. boxes: [n, 4] xyxy, scores: [n], labels: [n] class indices.
-    mask: HxW class ids at the original size.
+    mask: HxW class ids at the original size. classes: each task's class names, where known
+    (the :class:`~vision_mtl.engine.predictor.Predictor` fills them in). A task the model was not
+    asked for stays None.
     """
 
     meta: dict[str, Any] = field(default_factory=dict)
@@ -30,6 +32,17 @@ class ImageResult:
     scores: np.ndarray | None = None
     labels: np.ndarray | None = None
     mask: np.ndarray | None = None
+    classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def label_names(self) -> list[str]:
+        """The class name of each detection."""
+        names = self.classes["detection"]
+        return [names[int(label)] for label in self.labels]
+
+    def top_classes(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` best classification classes as (name, score), best first (ties: lower index first)."""
+        order = np.argsort(-self.class_scores, kind="stable")[:k]
+        return [(self.classes["classification"][i], float(self.class_scores[i])) for i in order]
 
 
 def split_predictions(preds: Predictions, metas: list[dict[str, Any]]) -> list[ImageResult]:

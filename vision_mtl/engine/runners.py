@@ -9,6 +9,7 @@ model (tasks, class names, input size, config).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +20,7 @@ import torch
 from vision_mtl.config import Config, config_from_dict, config_to_dict, load_config
 from vision_mtl.data.device_augment import to_float
 from vision_mtl.engine.checkpoint import load_checkpoint, load_weights
-from vision_mtl.engine.export_wrapper import predictions_from_outputs
+from vision_mtl.engine.export_wrapper import OUTPUTS, predictions_from_outputs
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.results import Predictions
 from vision_mtl.errors import CheckpointError, ConfigError, first_line
@@ -33,7 +34,8 @@ class Runner(Protocol):
     @property
     def tasks(self) -> list[str]: ...
 
-    def __call__(self, images: torch.Tensor) -> Predictions: ...
+    def __call__(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> Predictions:
+        """Predictions of every task of the model, or of ``tasks`` only."""
 
 
 class TorchRunner:
@@ -48,11 +50,11 @@ class TorchRunner:
     def tasks(self) -> list[str]:
         return self.info.tasks
 
-    def __call__(self, images: torch.Tensor) -> Predictions:
+    def __call__(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> Predictions:
         self.model.eval()
         with torch.inference_mode():
             x = to_float(images.to(self.device, non_blocking=True))
-            return self.model.predict(self.model(x), tuple(x.shape[-2:]))
+            return self.model.predict(self.model(x, tasks), tuple(x.shape[-2:]))
 
 
 class OnnxRunner:
@@ -78,10 +80,11 @@ class OnnxRunner:
     def tasks(self) -> list[str]:
         return self.info.tasks
 
-    def __call__(self, images: torch.Tensor) -> Predictions:
+    def __call__(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> Predictions:
+        names = [n for n in self.output_names if tasks is None or OUTPUTS[n][0] in tasks]
         x = to_float(images.cpu()).numpy().astype(self.input_dtype)
-        outputs = self.session.run(self.output_names, {self.input_name: x})
-        named = {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)}
+        outputs = self.session.run(names, {self.input_name: x})
+        named = {name: torch.from_numpy(value) for name, value in zip(names, outputs)}
         return predictions_from_outputs(named, self.detection)
 
 

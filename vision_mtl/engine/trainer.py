@@ -103,7 +103,7 @@ class Trainer:
             losses = self.training_step(batch)
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{losses['loss']:.3f}")
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", refresh=False)  # the bar redraws at its own interval
         return {f"train/{k}" if k != "loss" else k: v / self.steps_per_epoch for k, v in totals.items()}
 
     def training_step(self, batch: Batch) -> dict[str, float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -40,9 +42,10 @@ class MultiTaskModel(nn.Module):
     def tasks(self) -> list[str]:
         return list(self.heads.keys())
 
-    def forward(self, images: torch.Tensor) -> dict[str, Raw]:
+    def forward(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, Raw]:
+        """Raw outputs of every head, or only of ``tasks`` (inference that needs fewer answers)."""
         features = self.neck(self.backbone((images - self.mean) / self.std))
-        return {task: head(features) for task, head in self.heads.items()}
+        return {task: self.heads[task](features) for task in (tasks or self.tasks)}
 
     def loss(self, raw: dict[str, Raw], targets: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
         """``{task: {component: scalar}}``; a task absent from ``targets`` is unlabelled for the whole batch."""
@@ -50,7 +53,7 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, raw: dict[str, Raw], image_size: tuple[int, int]) -> dict[str, dict[str, torch.Tensor]]:
-        return {task: head.predict(raw[task], image_size) for task, head in self.heads.items()}
+        return {task: self.heads[task].predict(task_raw, image_size) for task, task_raw in raw.items()}
 
 
 def build_model(cfg: ModelConfig, classes: dict[str, list[str]]) -> MultiTaskModel:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
+
+from vision_mtl.utils.atomic import atomic_open, write_atomic
 
 
 class MetricsLog:
@@ -22,16 +23,12 @@ class MetricsLog:
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
+        with atomic_open(self.csv_path) as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.csv_path)
 
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic JSON write."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

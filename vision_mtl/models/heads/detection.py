@@ -158,7 +158,9 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectionC
     # batched_nms's coordinate trick, written out: above 4,000 boxes on CPU batched_nms switches to a
     # per-class loop, a size test torch.export cannot decide for a dynamic batch. Shifting before
     # the score filter keeps the offset free of data-dependent shapes.
-    shifted = flat_boxes + (groups * (flat_boxes.max() + 1)).unsqueeze(1)
+    # The extra zero keeps max() defined for an empty batch.
+    offset = torch.cat([flat_boxes.flatten(), flat_boxes.new_zeros(1)]).max() + 1
+    shifted = flat_boxes + (groups * offset).unsqueeze(1)
     candidates = torch.nonzero(flat_scores > cfg.score_thresh).squeeze(1)
     keep = candidates[nms(shifted[candidates], flat_scores[candidates], cfg.nms_thresh)]
     kept_scores = torch.zeros_like(flat_scores).scatter(0, keep, flat_scores[keep]).view(batch, k)

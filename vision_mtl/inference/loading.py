@@ -1,0 +1,70 @@
+"""Pipelined reading: DataLoader workers decode and letterbox image files in the background, and
+hand over whole batches; a file that cannot be read travels as a failure, never as an exception."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vision_mtl.data.image_io import read_image
+from vision_mtl.data.sample import Batch
+from vision_mtl.engine.preprocess import collate_prepared, prepare_image
+from vision_mtl.errors import DataError
+from vision_mtl.inference.sources import ImageFile
+
+
+@dataclass
+class LoadedBatch:
+    """The readable images of a batch (``batch``, None when none was), their untouched originals
+    when overlays are drawn, and the files that failed with the reason."""
+
+    batch: Batch | None
+    originals: list[np.ndarray] | None
+    failures: list[tuple[ImageFile, str]]
+
+    def pin_memory(self) -> LoadedBatch:
+        """Called by the DataLoader's pinning thread: page-locked images copy to the GPU asynchronously."""
+        if self.batch is not None:
+            self.batch = Batch(self.batch.images.pin_memory(), self.batch.targets, self.batch.meta)
+        return self
+
+
+class ImageFiles(Dataset):
+    """Each file read (EXIF applied, converted to RGB) and letterboxed to ``size``."""
+
+    def __init__(self, files: list[ImageFile], size: int, keep_originals: bool = False):
+        self.files = files
+        self.size = size
+        self.keep_originals = keep_originals
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[ImageFile, object, np.ndarray | None]:
+        file = self.files[index]
+        try:
+            image = read_image(file.path)
+        except DataError as exc:
+            return file, str(exc), None
+        sample = prepare_image(image, self.size, {"path": str(file.path), "file": file.relative})
+        return file, sample, image if self.keep_originals else None
+
+
+def collate_files(items: list[tuple[ImageFile, object, np.ndarray | None]]) -> LoadedBatch:
+    good = [(sample, original) for _, sample, original in items if not isinstance(sample, str)]
+    failures = [(file, reason) for file, reason, _ in items if isinstance(reason, str)]
+    batch = collate_prepared([sample for sample, _ in good]) if good else None
+    originals = [original for _, original in good] if good and good[0][1] is not None else None
+    return LoadedBatch(batch, originals, failures)
+
+
+def file_loader(files: list[ImageFile], size: int, batch_size: int, workers: int,
+                keep_originals: bool = False) -> DataLoader:
+    """Batches of :class:`LoadedBatch` in file order; ``workers`` background processes decode
+    (0: in this process). Pinned memory when CUDA is there, for asynchronous copies."""
+    return DataLoader(ImageFiles(files, size, keep_originals), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, collate_fn=collate_files, pin_memory=torch.cuda.is_available(),
+                      prefetch_factor=2 if workers > 0 else None)
