@@ -228,3 +228,17 @@ def test_check_dataset_tool_prints_the_report(corpus, tmp_path):
     assert undecoded.returncode == 0 and "not decoded" in undecoded.stdout and "broken.jpg" in undecoded.stderr
     missing = run_tool("check_dataset.py", "--config", str(config), "data.root=/nowhere/at/all")
     assert missing.returncode == 2 and one_line(missing.stderr) and "/nowhere/at/all" in missing.stderr
+
+
+def test_training_on_bad_files_finishes_and_sums_up_load_problems(corpus, make_config, caplog):
+    """A run over the corpus finishes its epoch, and after it one summary line per split counts the
+    problems only decoding revealed."""
+    from vision_mtl.engine.trainer import Trainer
+
+    root, _ = corpus
+    caplog.set_level(logging.WARNING)
+    cfg = make_config(*corpus_overrides(root), "train.epochs=1", "train.max_steps_per_epoch=null")
+    metrics = Trainer(cfg).fit()
+    assert metrics["epoch"] == 1
+    summaries = [r.getMessage() for r in caplog.records if "with load problems so far" in r.getMessage()]
+    assert len(summaries) == 2 and all("unreadable image (image skipped)" in s for s in summaries)

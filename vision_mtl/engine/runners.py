@@ -64,8 +64,12 @@ class OnnxRunner:
     def __init__(self, path: str | Path):
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        options = ort.SessionOptions()
+        # Idle threads sleep instead of spinning: they would take the CPU from decoding workers and
+        # the result writer that run beside the model in folder inference.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid files
             raise CheckpointError(f"cannot load ONNX model '{path}': {first_line(exc)}") from exc
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))

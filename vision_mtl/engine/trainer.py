@@ -14,6 +14,7 @@ from vision_mtl.utils.progress import progress
 from vision_mtl.config import Config, save_config
 from vision_mtl.data.device_augment import DeviceAugment
 from vision_mtl.data.loader import build_data
+from vision_mtl.data.problems import describe
 from vision_mtl.data.sample import Batch
 from vision_mtl.engine.checkpoint import load_weights, save_checkpoint
 from vision_mtl.engine.evaluator import Evaluator, primary_score
@@ -90,7 +91,19 @@ class Trainer:
             self.log.append({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **losses, **metrics})
             logger.info("epoch %d/%d  loss %.3f  %s  (%.0fs)%s", epoch + 1, self.cfg.train.epochs, losses["loss"],
                         _headline(metrics), time.perf_counter() - started, "  *best" if improved else "")
+            if epoch == self.start_epoch:
+                self._report_load_problems()
         return self.best_metrics
+
+    def _report_load_problems(self) -> None:
+        """After the first epoch (about one pass over the data) a summary of the problems only
+        decoding reveals; each file had its own warning line when first met."""
+        for loader in (self.data.train, self.data.val):
+            problems = loader.dataset.load_problems
+            counts = problems.counts()
+            if counts:
+                logger.warning("%s: %d image(s) with load problems so far: %s", problems.split,
+                               sum(counts.values()), describe(counts))
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
