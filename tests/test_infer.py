@@ -23,9 +23,11 @@ from conftest import REPO_ROOT, one_line, run_tool
 from vision_mtl.engine.export import export_checkpoint
 from vision_mtl.engine.predictor import Predictor
 from vision_mtl.errors import ConfigError, DataError
+from vision_mtl.inference.folder import OutputFolder
+from vision_mtl.inference.merge import OutputSpec, merge_outputs
 from vision_mtl.inference.pipeline import infer_folder
 from vision_mtl.inference.records import RecordLog, finished
-from vision_mtl.inference.sources import list_source
+from vision_mtl.inference.sources import ImageFile, list_source
 from vision_mtl.utils.distributed import Processes
 
 CONF = "0.01"  # the tiny test model is barely trained: a low threshold keeps detections to compare
@@ -339,3 +341,18 @@ def test_benchmark_infer_prints_the_bound_and_each_part(weights, images):
     for part in ("decode", "model", "pipeline"):
         assert float(values[f"{part} s"]) > 0
     assert 0 < float(values["bound / pipeline"]) < 10
+
+
+def test_multi_label_csv_lists_the_predicted_classes_and_every_score(tmp_path):
+    folder = OutputFolder(tmp_path)
+    log = RecordLog(folder.records / "part-0-of-1.jsonl")
+    log.write({"file": "b.jpg", "height": 2, "width": 3, "class_scores": [0.9, 0.1, 0.6]})
+    log.write({"file": "a.jpg", "height": 2, "width": 3, "class_scores": [0.2, 0.3, 0.4]})
+    log.close()
+    files = [ImageFile(name, tmp_path / name) for name in ("a.jpg", "b.jpg", "c.jpg")]
+    spec = OutputSpec(["classification"], {"classification": ["cat", "dog", "car"]}, [], multi_label=True)
+    counts = merge_outputs(folder, files, spec)
+    assert counts == {"images": 3, "succeeded": 2, "failed": 0, "missing": 1, "detections": 0}
+    with open(tmp_path / "classification.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["file", "predicted", "cat", "dog", "car"], ["a.jpg", "", "0.2", "0.3", "0.4"],
+                                       ["b.jpg", "cat;car", "0.9", "0.1", "0.6"]]

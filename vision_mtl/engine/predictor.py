@@ -21,7 +21,7 @@ from vision_mtl.data.image_io import list_images, read_image
 from vision_mtl.data.sample import Batch
 from vision_mtl.engine.preprocess import prepare_images
 from vision_mtl.engine.results import ImageResult, split_predictions
-from vision_mtl.engine.runners import Runner, load_runner
+from vision_mtl.engine.runners import load_runner
 from vision_mtl.errors import ConfigError, DataError
 
 TASK_NAMES = {"cls": "classification", "det": "detection", "seg": "segmentation", **{t: t for t in TASKS}}
@@ -57,29 +57,16 @@ class Predictor:
 
     def __init__(self, weights: str | Path, *, tasks: str | Sequence[str] | None = None, conf: float = 0.25,
                  image_size: int | None = None, device: str | None = None, overrides: Sequence[str] = ()):
-        extra = [*overrides, *([f"data.image_size={image_size}"] if image_size else []),
-                 *([f"train.device={device}"] if device else [])]
-        runner, cfg = load_runner(weights, overrides=extra)
-        self._setup(runner, cfg.data.image_size, tasks, conf)
-        self.weights = Path(weights)
-
-    @classmethod
-    def from_runner(cls, runner: Runner, image_size: int | None = None, tasks: str | Sequence[str] | None = None,
-                    conf: float = 0.25) -> Predictor:
-        """A predictor over an already loaded runner (e.g. a model in memory, for benchmarks)."""
-        predictor = cls.__new__(cls)
-        predictor._setup(runner, image_size or runner.info.image_size, tasks, conf)
-        predictor.weights = None
-        return predictor
-
-    def _setup(self, runner: Runner, image_size: int, tasks: str | Sequence[str] | None, conf: float) -> None:
         if not 0.0 <= conf <= 1.0:
             raise ConfigError(f"conf={conf} is not a score; give a value between 0 and 1")
-        self.runner = runner
-        self.image_size = image_size
-        self.tasks = parse_tasks(tasks, runner.tasks)
+        extra = [*overrides, *([f"data.image_size={image_size}"] if image_size else []),
+                 *([f"train.device={device}"] if device else [])]
+        self.runner, cfg = load_runner(weights, overrides=extra)
+        self.weights = Path(weights)
+        self.image_size = cfg.data.image_size
+        self.tasks = parse_tasks(tasks, self.runner.tasks)
         self.conf = conf
-        self.classes = {task: runner.info.classes[task] for task in self.tasks}
+        self.classes = {task: self.runner.info.classes[task] for task in self.tasks}
 
     @property
     def multi_label(self) -> bool:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vision_mtl.data.image_io import read_image
-from vision_mtl.data.sample import Batch
+from vision_mtl.data.sample import Batch, Sample
 from vision_mtl.engine.preprocess import collate_prepared, prepare_image
 from vision_mtl.errors import DataError
 from vision_mtl.inference.sources import ImageFile
@@ -43,22 +43,31 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[ImageFile, object, np.ndarray | None]:
+    def __getitem__(self, index: int) -> LoadedFile:
         file = self.files[index]
         try:
             image = read_image(file.path)
         except DataError as exc:
-            return file, str(exc), None
+            return LoadedFile(file, error=str(exc))
         sample = prepare_image(image, self.size, {"path": str(file.path), "file": file.relative})
-        return file, sample, image if self.keep_originals else None
+        return LoadedFile(file, sample, original=image if self.keep_originals else None)
 
 
-def collate_files(items: list[tuple[ImageFile, object, np.ndarray | None]]) -> LoadedBatch:
-    good = [(sample, original) for _, sample, original in items if not isinstance(sample, str)]
-    failures = [(file, reason) for file, reason, _ in items if isinstance(reason, str)]
-    batch = collate_prepared([sample for sample, _ in good]) if good else None
-    originals = [original for _, original in good] if good and good[0][1] is not None else None
-    return LoadedBatch(batch, originals, failures)
+@dataclass
+class LoadedFile:
+    """One file as a worker hands it over: prepared, or the reason it could not be read."""
+
+    file: ImageFile
+    sample: Sample | None = None
+    error: str | None = None
+    original: np.ndarray | None = None
+
+
+def collate_files(items: list[LoadedFile]) -> LoadedBatch:
+    good = [item for item in items if item.sample is not None]
+    batch = collate_prepared([item.sample for item in good]) if good else None
+    originals = [item.original for item in good] if good and good[0].original is not None else None
+    return LoadedBatch(batch, originals, [(item.file, item.error) for item in items if item.sample is None])
 
 
 def file_loader(files: list[ImageFile], size: int, batch_size: int, workers: int,

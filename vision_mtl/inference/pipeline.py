@@ -33,7 +33,7 @@ def infer_folder(predictor: Predictor, source: str | Path, out: str | Path, *, b
     processes = processes or Processes.from_env()
     files = list_source(source)
     folder = OutputFolder(out)
-    settings = InferSettings(weights=os.path.abspath(predictor.weights) if predictor.weights else "(in memory)",
+    settings = InferSettings(weights=os.path.abspath(predictor.weights),
                              source=os.path.abspath(str(source)), tasks=predictor.tasks,
                              image_size=predictor.image_size, conf=predictor.conf, overlays=overlays)
     if processes.main:
