@@ -11,7 +11,7 @@ from conftest import SHAPES_CLASSES, one_line
 from vision_mtl.config import Config, config_to_dict
 from vision_mtl.engine.checkpoint import (checkpoint_config, load_checkpoint, load_model, load_weights,
                                           save_checkpoint)
-from vision_mtl.engine.evaluation import evaluate_weights
+from vision_mtl.evaluation.saved import evaluate_weights
 from vision_mtl.errors import CheckpointError
 from vision_mtl.models import build_model
 

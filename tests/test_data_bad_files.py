@@ -233,7 +233,7 @@ def test_check_dataset_tool_prints_the_report(corpus, tmp_path):
 def test_training_on_bad_files_finishes_and_sums_up_load_problems(corpus, make_config, caplog):
     """A run over the corpus finishes its epoch, and after it one summary line per split counts the
     problems only decoding revealed."""
-    from vision_mtl.engine.trainer import Trainer
+    from vision_mtl.training.trainer import Trainer
 
     root, _ = corpus
     caplog.set_level(logging.WARNING)

@@ -23,7 +23,7 @@ from vision_mtl.data.convert import coco_to_yolo, merge_polygons, yolo_to_coco
 from vision_mtl.data.image_io import image_size, read_image
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX
-from vision_mtl.engine.evaluator import Evaluator
+from vision_mtl.evaluation.evaluator import Evaluator
 from vision_mtl.errors import DataError
 
 SIZE = 96  # letterbox size: every scene is scaled up, none exactly fits

@@ -15,7 +15,7 @@ from vision_mtl.config import load_config
 from vision_mtl.data.device_augment import to_float
 from vision_mtl.data.loader import build_data
 from vision_mtl.engine.checkpoint import checkpoint_config, load_checkpoint, load_model
-from vision_mtl.engine.trainer import Trainer
+from vision_mtl.training.trainer import Trainer
 
 HEADLINE = ("classification/top1", "detection/mAP", "detection/mAP50", "segmentation/mIoU")
 

@@ -18,7 +18,7 @@ from conftest import one_line, run_tool
 from test_metrics import numpy_segmentation
 from test_tools import assert_user_error
 from vision_mtl.data.loader import build_data
-from vision_mtl.engine.evaluation import evaluate_weights, save_evaluation
+from vision_mtl.evaluation.saved import evaluate_weights, save_evaluation
 from vision_mtl.engine.results import split_predictions
 from vision_mtl.engine.runners import load_runner
 from vision_mtl.errors import ConfigError

@@ -15,12 +15,12 @@ from onnx import TensorProto, helper
 from conftest import IMAGE_SIZE, SHAPES_CLASSES, one_line
 from vision_mtl.config import TASKS
 from vision_mtl.data.loader import build_data
-from vision_mtl.engine.export import export_onnx
+from vision_mtl.export.onnx import export_onnx
 from vision_mtl.engine.export_wrapper import ExportWrapper, predictions_from_outputs
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.preprocess import read_images
 from vision_mtl.engine.runners import OnnxRunner, TorchRunner
-from vision_mtl.engine.verify import FLOAT16, FLOAT32, compare_outputs, sample_batches, verify_onnx
+from vision_mtl.export.verify import FLOAT16, FLOAT32, compare_outputs, sample_batches, verify_onnx
 from vision_mtl.errors import CheckpointError, ExportError
 from vision_mtl.models import build_model
 from vision_mtl.models.heads.detection import log_sigmoid

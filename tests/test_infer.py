@@ -20,8 +20,8 @@ from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 
 from conftest import REPO_ROOT, one_line, run_tool
-from vision_mtl.engine.export import export_checkpoint
-from vision_mtl.engine.predictor import Predictor
+from vision_mtl.export.onnx import export_checkpoint
+from vision_mtl.inference.predictor import Predictor
 from vision_mtl.errors import ConfigError, DataError
 from vision_mtl.inference.folder import OutputFolder
 from vision_mtl.inference.merge import OutputSpec, merge_outputs

@@ -13,8 +13,8 @@ from pycocotools.cocoeval import COCOeval
 
 import torch
 
-from vision_mtl.engine.evaluator import category_ids_by_name, primary_score
-from vision_mtl.engine.metrics import ClassificationMetric, DetectionMetric, SegmentationMetric, average_precision
+from vision_mtl.evaluation.evaluator import category_ids_by_name, primary_score
+from vision_mtl.evaluation.metrics import ClassificationMetric, DetectionMetric, SegmentationMetric, average_precision
 from vision_mtl.engine.results import ImageResult
 from vision_mtl.errors import DataError
 

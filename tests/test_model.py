@@ -11,7 +11,7 @@ import torch
 
 from conftest import SHAPES_CLASSES, TINY_MODEL, one_line
 from vision_mtl.config import TASKS, load_config
-from vision_mtl.engine.trainer import Trainer
+from vision_mtl.training.trainer import Trainer
 from vision_mtl.errors import ModelError
 from vision_mtl.models import build_model
 from vision_mtl.models.backbone import Backbone
@@ -150,7 +150,7 @@ def test_loss_weights_scale_the_total(make_config, tmp_path):
 
 
 def test_non_finite_loss_skips_the_step_then_stops_with_a_user_error(make_config, tmp_path):
-    from vision_mtl.engine.trainer import MAX_BAD_STEPS, TrainingError
+    from vision_mtl.training.trainer import MAX_BAD_STEPS, TrainingError
 
     trainer = Trainer(make_config("model.tasks=[classification]"), run_dir=tmp_path)
     batch = next(iter(trainer.data.train))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import one_line
-from vision_mtl.engine.evaluation import format_metrics
+from vision_mtl.evaluation.saved import format_metrics
 from vision_mtl.errors import ConfigError
 from vision_mtl.utils.metrics_log import MetricsLog, write_json
 from vision_mtl.utils.runtime import new_run_dir, resolve_device

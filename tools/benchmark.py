@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from vision_mtl.config import load_config
-from vision_mtl.engine.benchmark import benchmark_export, benchmark_model, random_model
-from vision_mtl.engine.predictor import Predictor
+from vision_mtl.benchmarks.model import benchmark_export, benchmark_model, random_model
+from vision_mtl.inference.predictor import Predictor
 from vision_mtl.engine.runners import load_torch_runner
 from vision_mtl.errors import ConfigError
-from vision_mtl.inference.benchmark import benchmark_folder, benchmark_infer, memory_probe
+from vision_mtl.benchmarks.infer import benchmark_folder, benchmark_infer, memory_probe
 from vision_mtl.utils.cli import run_tool
 from vision_mtl.utils.runtime import resolve_device
 

@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from vision_mtl.engine.evaluation import evaluate_weights, format_metrics, save_evaluation
+from vision_mtl.evaluation.saved import evaluate_weights, format_metrics, save_evaluation
 from vision_mtl.utils.cli import run_tool
 
 logger = logging.getLogger("evaluate")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from vision_mtl.engine.export import export_checkpoint
+from vision_mtl.export.onnx import export_checkpoint
 from vision_mtl.utils.cli import run_tool
 
 logger = logging.getLogger("export_onnx")

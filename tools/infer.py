@@ -24,7 +24,7 @@ import logging
 
 import torch
 
-from vision_mtl.engine.predictor import Predictor
+from vision_mtl.inference.predictor import Predictor
 from vision_mtl.inference.pipeline import infer_folder
 from vision_mtl.utils.cli import run_tool
 from vision_mtl.utils.distributed import Processes

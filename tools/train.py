@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vision_mtl.config import load_config
 from vision_mtl.engine.checkpoint import checkpoint_config, load_checkpoint
-from vision_mtl.engine.trainer import Trainer
+from vision_mtl.training.trainer import Trainer
 from vision_mtl.utils.cli import run_tool
 
 logger = logging.getLogger("train")

@@ -11,13 +11,13 @@ __version__ = "0.1.0"
 __all__ = ["Predictor"]
 
 if TYPE_CHECKING:
-    from vision_mtl.engine.predictor import Predictor
+    from vision_mtl.inference.predictor import Predictor
 
 
 def __getattr__(name: str) -> Any:
     """Import the Predictor (and torch with it) on first use, so ``import vision_mtl`` stays quick."""
     if name == "Predictor":
-        from vision_mtl.engine.predictor import Predictor
+        from vision_mtl.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'vision_mtl' has no attribute '{name}'")

@@ -1,1 +1,2 @@
-"""Engine: training, evaluation, metrics, checkpoints and benchmarks built on the models and data."""
+"""Running a trained model: checkpoints, runners (PyTorch or ONNX behind one call), model info,
+preprocessing, results in original pixels, and the export contract the runners read."""

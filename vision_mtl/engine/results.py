@@ -22,7 +22,7 @@ class ImageResult:
 
     class_scores: [C] probabilities. boxes: [n, 4] xyxy, scores: [n], labels: [n] class indices.
     mask: HxW class ids at the original size. classes: each task's class names, where known
-    (the :class:`~vision_mtl.engine.predictor.Predictor` fills them in). A task the model was not
+    (the :class:`~vision_mtl.inference.predictor.Predictor` fills them in). A task the model was not
     asked for stays None.
     """
 

@@ -1,4 +1,4 @@
-"""Folder inference: every image of a source through a :class:`~vision_mtl.engine.predictor.Predictor`
+"""Folder inference: every image of a source through a :class:`~vision_mtl.inference.predictor.Predictor`
 into files, pipelined (decoding in DataLoader workers, the model on whole batches, writing in a
 background thread), resumable, and sharded over ``torchrun`` processes."""
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vision_mtl.engine.predictor import Predictor
+from vision_mtl.inference.predictor import Predictor
 from vision_mtl.inference.folder import InferSettings, OutputFolder
 from vision_mtl.inference.loading import file_loader
 from vision_mtl.inference.merge import OutputSpec, merge_outputs

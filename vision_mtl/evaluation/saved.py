@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from vision_mtl.data.loader import build_data
-from vision_mtl.engine.evaluator import Evaluation, Evaluator
+from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.engine.runners import load_runner
 from vision_mtl.utils.metrics_log import write_json
 

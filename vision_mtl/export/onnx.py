@@ -21,7 +21,7 @@ from torch import nn
 from vision_mtl.engine.export_wrapper import OUTPUTS, ExportWrapper
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.runners import load_torch_runner
-from vision_mtl.engine.verify import FLOAT16, FLOAT32, sample_batches, verify_onnx
+from vision_mtl.export.verify import FLOAT16, FLOAT32, sample_batches, verify_onnx
 from vision_mtl.errors import CheckpointError, ExportError, first_line
 from vision_mtl.models import MultiTaskModel
 

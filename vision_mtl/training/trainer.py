@@ -17,9 +17,9 @@ from vision_mtl.data.loader import build_data
 from vision_mtl.data.problems import describe
 from vision_mtl.data.sample import Batch
 from vision_mtl.engine.checkpoint import load_weights, save_checkpoint
-from vision_mtl.engine.evaluator import Evaluator, primary_score
+from vision_mtl.evaluation.evaluator import Evaluator, primary_score
 from vision_mtl.engine.model_info import ModelInfo
-from vision_mtl.engine.optim import build_optimizer, warmup_cosine
+from vision_mtl.training.optim import build_optimizer, warmup_cosine
 from vision_mtl.engine.runners import TorchRunner
 from vision_mtl.errors import VisionMTLError
 from vision_mtl.models import build_model

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.sample import IGNORE_INDEX, Batch
-from vision_mtl.engine.metrics import ClassificationMetric, DetectionMetric, SegmentationMetric
+from vision_mtl.evaluation.metrics import ClassificationMetric, DetectionMetric, SegmentationMetric
 from vision_mtl.engine.results import Predictions, restore_mask, split_predictions
 from vision_mtl.engine.runners import Runner
 from vision_mtl.errors import DataError

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import torch
 
 from vision_mtl.config import TASKS, Config
-from vision_mtl.engine.export import export_onnx
+from vision_mtl.export.onnx import export_onnx
 from vision_mtl.engine.export_wrapper import ExportWrapper
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.models import MultiTaskModel, build_model

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from vision_mtl.data.image_io import list_images
 from vision_mtl.data.shapes import ensure_shapes
-from vision_mtl.engine.benchmark import interleaved_timings
-from vision_mtl.engine.predictor import Predictor
+from vision_mtl.benchmarks.model import interleaved_timings
+from vision_mtl.inference.predictor import Predictor
 from vision_mtl.inference.loading import file_loader
 from vision_mtl.inference.pipeline import infer_folder
 from vision_mtl.inference.sources import list_source
@@ -66,7 +66,7 @@ def memory_probe(weights: Path, source: Path, out: Path, batch_size: int, worker
     ``tools/infer.py``'s pipeline in a fresh process (this one's own peak would hide it)."""
     args = json.dumps({"weights": str(weights), "source": str(source), "out": str(out), "batch_size": batch_size,
                        "workers": workers, "marks": list(marks)})
-    code = "import sys; from vision_mtl.inference.benchmark import _probe; _probe(sys.argv[1])"
+    code = "import sys; from vision_mtl.benchmarks.infer import _probe; _probe(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
     return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 

@@ -1,0 +1,1 @@
+"""Side-by-side speed measurements; this package sits above everything it times."""

@@ -1,0 +1,1 @@
+"""ONNX export of the whole multi-task model, checked against PyTorch with onnxruntime."""

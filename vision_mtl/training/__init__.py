@@ -1,0 +1,1 @@
+"""Training: the trainer and its collaborators (optimiser, schedule, checkpoints of a run)."""
