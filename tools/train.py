@@ -1,17 +1,18 @@
 """Train a multi-task model.
 
     python tools/train.py [--config configs/shapes.yaml] [key=value ...]
-    python tools/train.py --resume runs/shapes          # continue an interrupted run
+    python tools/train.py --resume runs/shapes [train.epochs=20]   # continue a stopped run
+    torchrun --nproc_per_node 2 tools/train.py [...]                # DDP over 2 processes
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
+import sys
 
 from vision_mtl.config import load_config
-from vision_mtl.engine.checkpoint import checkpoint_config, load_checkpoint
+from vision_mtl.errors import ConfigError
 from vision_mtl.training.trainer import Trainer
 from vision_mtl.utils.cli import run_tool
 
@@ -25,16 +26,19 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides such as train.epochs=5")
     args = parser.parse_intermixed_args()
     if args.resume:
-        run_dir = Path(args.resume)
-        state = load_checkpoint(run_dir / "last.pt")
-        trainer = Trainer(checkpoint_config(state, run_dir / "last.pt"), resume=state, run_dir=run_dir)
+        if args.config:
+            raise ConfigError("--resume continues a run with its own config; drop --config (settings that may "
+                              "change, such as train.epochs=N, go as overrides)")
+        trainer = Trainer.resume(args.resume, args.overrides)
     else:
         trainer = Trainer(load_config(args.config, args.overrides))
-    try:
-        metrics = trainer.fit()
-    except KeyboardInterrupt:
-        logger.info("interrupted; continue with: python tools/train.py --resume %s", trainer.run_dir)
-        raise
+    metrics = trainer.fit()
+    if trainer.stopped_by:
+        logger.info("stopped by %s; saved %s. Continue with: python tools/train.py --resume %s",
+                    trainer.stopped_by, trainer.run_dir / "last.pt", trainer.run_dir)
+        sys.exit(130)
+    if not trainer.main:
+        return
     logger.info("best epoch %s of %s:", metrics.get("epoch"), trainer.run_dir)
     for key, value in metrics.items():
         if key != "epoch" and key.count("/") == 1:

@@ -159,20 +159,43 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation schedule and run bookkeeping."""
+    """Optimisation schedule, precision, EMA and run bookkeeping.
+
+    ``batch_size`` is per process (``torchrun`` multiplies it by the number of processes) and per
+    micro-step: one optimiser step sees ``batch_size * accumulate`` images a process. ``amp``: ``auto``
+    is bf16 on a CUDA device that supports it and fp32 elsewhere; ``bf16``/``fp16`` force it (fp16
+    only on CUDA, with a gradient scaler). ``ema_decay``: 0 turns the weight EMA off; with it on,
+    validation, ``best.pt`` and export use the averaged weights. ``checkpoint_every``: also write
+    ``last.pt`` every N optimiser steps inside an epoch. ``patience``: stop after N epochs without a
+    better ``monitor`` value (default: the mean headline metric). ``max_minutes``: fit the number of
+    epochs to this wall-clock budget after the first epoch.
+    """
 
     epochs: int = 12
     batch_size: int = 16
+    optimizer: str = "adamw"
     lr: float = 2e-3
+    backbone_lr_mult: float = 1.0
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     grad_clip: float = 10.0
+    accumulate: int = 1
     loss_weights: LossWeights = field(default_factory=LossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device: str = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    compile: bool = False
     channels_last: bool = True
+    sync_bn: bool = False
+    ema_decay: float = 0.9998
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    checkpoint_every: int | None = None
+    patience: int | None = None
+    monitor: str | None = None
+    max_minutes: float | None = None
+    log_every: int = 20
+    plots: bool = True
 
 
 @dataclass
@@ -232,6 +255,17 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def flat_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config data flattened to dotted keys (``train.lr``); lists stay whole values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (what the run actually used)."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -253,11 +287,27 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name}.levels={levels} must be a non-empty list of pyramid levels in 2..7")
     if cfg.model.segmentation.levels and min(cfg.model.segmentation.levels) > 3:
         raise ConfigError("model.segmentation.levels must include level 2 or 3 (the finest output)")
-    for key in ("epochs", "batch_size"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1")
+    for key in ("epochs", "batch_size", "accumulate", "log_every", "checkpoint_every", "patience",
+                "max_steps_per_epoch"):
+        value = getattr(cfg.train, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"train.{key}={value} must be >= 1")
+    for key in ("lr", "backbone_lr_mult", "max_minutes"):
+        value = getattr(cfg.train, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"train.{key}={value} must be > 0")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1) (0 turns the EMA off)")
+    _validate_run_name(cfg.run.name)
     for split in ("train", "val"):
         _validate_sources(getattr(cfg.data, split), f"data.{split}")
+
+
+def _validate_run_name(name: str) -> None:
+    """``run.name`` is one folder name inside ``run.dir``: nothing that could point elsewhere."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or Path(name).is_absolute():
+        raise ConfigError(f"run.name={name!r} must be a plain folder name (no '/', '\\' or '..'); "
+                          "put the parent folder in run.dir")
 
 
 def _validate_sources(sources: list[SourceConfig], key: str) -> None:

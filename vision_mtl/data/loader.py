@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from vision_mtl.config import Config
 from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.sample import collate
+from vision_mtl.data.sampler import EpochSampler
 from vision_mtl.data.shapes import ensure_shapes
 from vision_mtl.data.sources import Split, read_split
 
@@ -33,42 +34,43 @@ def prepare_synthetic(cfg: Config) -> None:
                       cfg.data.image_size)
 
 
-def build_data(cfg: Config, classes: dict[str, list[str]] | None = None, train: bool = True) -> DataBundle:
-    """Loaders for the val split (and train when ``train``); classes come from the training sources
-    unless given (a checkpoint's classes, so evaluation uses the model's own class order)."""
+def build_data(cfg: Config, classes: dict[str, list[str]] | None = None, train: bool = True,
+               rank: int = 0, world: int = 1) -> DataBundle:
+    """Loaders for the val split (and train when ``train``, sharded for process ``rank`` of
+    ``world``); classes come from the training sources unless given (a checkpoint's classes, so
+    evaluation uses the model's own class order)."""
     prepare_synthetic(cfg)
     train_split = read_split(cfg, "train") if train or classes is None else None
     if classes is None:
         classes = discover_classes(train_split.sources, cfg.model.tasks)
-    train_loader = make_loader(cfg, train_split, classes, train=True) if train else None
+    train_loader = make_loader(cfg, train_split, classes, True, rank, world) if train else None
     val_loader = make_loader(cfg, read_split(cfg, "val"), classes, train=False)
     ground_truth = val_loader.dataset.detection_ground_truth()
     category_ids = ground_truth.category_ids if ground_truth is not None else None
     return DataBundle(train_loader, val_loader, classes, category_ids)
 
 
-def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train: bool) -> DataLoader:
+def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train: bool,
+                rank: int = 0, world: int = 1) -> DataLoader:
     """A DataLoader of collated :class:`Batch` objects for one split.
 
-    Training shuffles, or draws by the sources' weights when they differ (with replacement, one
-    epoch = as many images as the split holds); validation goes through every image once, in order.
+    Training draws through an :class:`EpochSampler` (shuffled, or by the sources' weights when they
+    differ, one epoch = as many images as the split holds, sharded over ``world`` processes);
+    validation goes through every image once, in order.
     """
     multi_label = cfg.model.classification.multi_label
     dataset = MultiTaskDataset(split, cfg.model.tasks, classes, cfg.data.image_size, multi_label)
     collate_fn = partial(collate, tasks=cfg.model.tasks, num_cls_classes=len(classes.get("classification", [])),
                          multi_label=multi_label)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    weights = dataset.sample_weights() if train else None
-    sampler = WeightedRandomSampler(weights, len(dataset), generator=generator) if weights is not None else None
+    sampler = EpochSampler(len(dataset), cfg.train.seed, dataset.sample_weights(), rank, world) if train else None
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
-        drop_last=train and len(dataset) > cfg.train.batch_size,
+        drop_last=train and len(dataset) // world > cfg.train.batch_size,
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
         collate_fn=collate_fn,
-        generator=generator,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds: never from the global RNG
         pin_memory=torch.cuda.is_available(),
     )

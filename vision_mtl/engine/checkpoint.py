@@ -35,7 +35,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint '{path}' ({first_line(exc)}); is it a .pt from tools/train.py?") from exc
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"'{path}' is not a vision_mtl checkpoint (needs keys {', '.join(REQUIRED_KEYS)})")
+    problem = _content_problem(state)
+    if problem:
+        raise CheckpointError(f"'{path}' is damaged or not from tools/train.py: {problem}")
     return state
+
+
+def _content_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's required entries, or None."""
+    model, classes = state["model"], state["classes"]
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "'model' must map parameter names to tensors"
+    if not isinstance(state["config"], dict):
+        return "'config' must be a mapping"
+    if not isinstance(classes, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v) for k, v in classes.items()):
+        return "'classes' must map task names to lists of class names"
+    return None
 
 
 def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:
@@ -68,10 +85,19 @@ def load_weights(model: MultiTaskModel, state_dict: dict[str, torch.Tensor], pat
     model.load_state_dict(state_dict)
 
 
+def model_from_state(state: dict[str, Any], cfg: Config, path: str | Path) -> MultiTaskModel:
+    """The model ``cfg`` describes, with a checkpoint's weights (every head needs its class names)."""
+    missing = [task for task in cfg.model.tasks if task not in state["classes"]]
+    if missing:
+        raise CheckpointError(f"checkpoint '{path}' has no class names for task '{missing[0]}'; it is damaged, or "
+                              f"model.tasks was overridden to a task it was not trained for")
+    model = build_model(cfg.model, state["classes"])
+    load_weights(model, state["model"], path)
+    return model
+
+
 def load_model(path: str | Path, cfg: Config | None = None) -> tuple[MultiTaskModel, Config, dict[str, Any]]:
     """Rebuild a trained model: from ``cfg`` when given, else from the checkpoint's own config."""
     state = load_checkpoint(path)
     cfg = cfg or checkpoint_config(state, path)
-    model = build_model(cfg.model, state["classes"])
-    load_weights(model, state["model"], path)
-    return model, cfg, state
+    return model_from_state(state, cfg, path), cfg, state

@@ -17,14 +17,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from vision_mtl.config import Config, config_from_dict, config_to_dict, load_config
+from vision_mtl.config import Config, config_from_dict, config_to_dict, flat_keys, load_config
 from vision_mtl.data.device_augment import to_float
-from vision_mtl.engine.checkpoint import load_checkpoint, load_weights
+from vision_mtl.engine.checkpoint import load_checkpoint, model_from_state
 from vision_mtl.engine.export_wrapper import OUTPUTS, predictions_from_outputs
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.results import Predictions
 from vision_mtl.errors import CheckpointError, ConfigError, first_line
-from vision_mtl.models import MultiTaskModel, build_model
+from vision_mtl.models import MultiTaskModel
 from vision_mtl.utils.runtime import resolve_device
 
 
@@ -107,8 +107,7 @@ def load_torch_runner(weights: str | Path, config: str | Path | None = None,
     state = load_checkpoint(weights)
     cfg = load_config(config, overrides, base=state["config"])
     cfg.model.backbone_weights = None  # the checkpoint holds every weight
-    model = build_model(cfg.model, state["classes"])
-    load_weights(model, state["model"], weights)
+    model = model_from_state(state, cfg, weights)
     device = resolve_device(cfg.train.device)
     info = ModelInfo.of(model, cfg, state["classes"], state.get("category_ids"))
     return TorchRunner(model.to(device), info, device), cfg
@@ -128,8 +127,8 @@ def load_onnx_runner(weights: str | Path, config: str | Path | None = None,
 
 def _check_onnx_config(runner: OnnxRunner, cfg: Config, path: str | Path) -> None:
     """An ONNX graph fixes its model settings and, unless exported --dynamic, its input size."""
-    own = _leaves(config_to_dict(config_from_dict(runner.info.config))["model"])  # as this version reads it
-    asked = _leaves(config_to_dict(cfg)["model"])
+    own = flat_keys(config_to_dict(config_from_dict(runner.info.config))["model"])  # as this version reads it
+    asked = flat_keys(config_to_dict(cfg)["model"])
     changed = [key for key, value in asked.items() if own.get(key) != value]
     if changed:
         raise ConfigError(f"'{path}' is an exported graph: its model settings are fixed, but model.{changed[0]} "
@@ -137,14 +136,3 @@ def _check_onnx_config(runner: OnnxRunner, cfg: Config, path: str | Path) -> Non
     if not runner.dynamic_size and cfg.data.image_size != runner.info.image_size:
         raise ConfigError(f"'{path}' takes {runner.info.image_size}x{runner.info.image_size} images, but "
                           f"data.image_size={cfg.data.image_size}; keep the size or export with --dynamic")
-
-
-def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
-    """Nested dicts flattened to dotted keys."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -1,7 +1,15 @@
-"""The training loop: joint multi-task steps, validation each epoch, atomic checkpoints."""
+"""The training loop: joint multi-task steps, validation each epoch, exact resume, one or many processes.
+
+The loop itself stays short; each concern lives in a small collaborator: :class:`Precision`
+(autocast, fp16 scaling), timm's ``ModelEmaV3`` (weight averaging), :class:`EpochSampler` (seeded,
+sharded, resumable order), :class:`Processes` + DDP (``torchrun``), :class:`Monitor` (progress,
+TensorBoard, CSV, plots), :class:`StopSignals` (Ctrl-C / SIGTERM) and ``state.py`` (what
+``last.pt`` holds).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -9,26 +17,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from vision_mtl.utils.progress import progress
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
 
 from vision_mtl.config import Config, save_config
 from vision_mtl.data.device_augment import DeviceAugment
-from vision_mtl.data.loader import build_data
+from vision_mtl.data.loader import build_data, prepare_synthetic
 from vision_mtl.data.problems import describe
 from vision_mtl.data.sample import Batch
 from vision_mtl.engine.checkpoint import load_weights, save_checkpoint
-from vision_mtl.evaluation.evaluator import Evaluator, primary_score
 from vision_mtl.engine.model_info import ModelInfo
-from vision_mtl.training.optim import build_optimizer, warmup_cosine
 from vision_mtl.engine.runners import TorchRunner
-from vision_mtl.errors import VisionMTLError
+from vision_mtl.errors import ConfigError, VisionMTLError
+from vision_mtl.evaluation.evaluator import Evaluation, Evaluator, primary_score
 from vision_mtl.models import build_model
-from vision_mtl.utils.metrics_log import MetricsLog, write_json
+from vision_mtl.training.monitor import Monitor
+from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
+from vision_mtl.training.precision import Precision
+from vision_mtl.training.signals import StopSignals
+from vision_mtl.training.state import Position, load_run, resumed_config, rng_state, set_rng_state
+from vision_mtl.utils.distributed import Processes
+from vision_mtl.utils.metrics_log import write_json
+from vision_mtl.utils.progress import progress
 from vision_mtl.utils.runtime import new_run_dir, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
 MAX_BAD_STEPS = 10
+PLOT_EXAMPLES = 16
 
 
 class TrainingError(VisionMTLError):
@@ -38,62 +54,259 @@ class TrainingError(VisionMTLError):
 class Trainer:
     """Trains a multi-task model from a :class:`Config` into ``run.dir/run.name``.
 
-    Each epoch: batches go to the device, :class:`DeviceAugment` augments them there, the task
-    losses are summed with the static ``train.loss_weights``, AdamW steps under a warm-up + cosine
-    schedule with gradient clipping; then the val split is evaluated, ``last.pt`` is written and
-    ``best.pt`` when the mean headline metric improves. ``resume`` continues a stopped run.
+    Each step: the batch goes to the device, :class:`DeviceAugment` augments it there, the task
+    losses are summed with ``train.loss_weights`` and back-propagated (accumulated over
+    ``train.accumulate`` batches); each optimiser step clips gradients, skips and reports a
+    non-finite one, steps the schedule and the EMA. Each epoch the val split is evaluated with the
+    EMA weights, ``last.pt`` is written (also every ``train.checkpoint_every`` steps) and ``best.pt``
+    when the monitored metric improves. Under ``torchrun`` the model is wrapped in DDP and rank 0
+    alone writes files. :meth:`resume` continues a stopped run exactly.
     """
 
     def __init__(self, cfg: Config, resume: dict[str, Any] | None = None, run_dir: Path | None = None):
-        self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
-        seed_everything(cfg.train.seed)
-        self.data = build_data(cfg, classes=resume["classes"] if resume else None)
+        self.cfg, train = cfg, cfg.train
+        self.processes = Processes.from_env()
+        self.main = self.processes.main
+        if not self.main:
+            logging.getLogger("vision_mtl").setLevel(logging.WARNING)
+        self.device = _process_device(train.device, self.processes)
+        seed_everything(train.seed)
+        if self.main:
+            prepare_synthetic(cfg)
+        self.processes.barrier()
+        self.data = build_data(cfg, classes=resume["classes"] if resume else None,
+                               rank=self.processes.rank, world=self.processes.world)
         self.model = build_model(cfg.model, self.data.classes).to(self.device)
-        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        if train.sync_bn and self.processes.world > 1:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.optimizer = build_optimizer(self.model, cfg.train)
-        self.steps_per_epoch = len(self.data.train)
-        if cfg.train.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
-        self.scheduler = warmup_cosine(self.optimizer, max(1, round(cfg.train.warmup_epochs * self.steps_per_epoch)),
-                                       cfg.train.epochs * self.steps_per_epoch)
-        self.augment = DeviceAugment(cfg.train.augment)
+        self.ema = ModelEmaV3(self.model, decay=train.ema_decay, use_warmup=True) if train.ema_decay else None
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None) if self.processes.world > 1 else None)
+        self.network = self.ddp or self.model
+        if train.compile:
+            self.network = torch.compile(self.network)
+        self.precision = Precision(train.amp, self.device)
+        self.optimizer = build_optimizer(self.model, train)
+        self.batches_per_epoch = min(len(self.data.train), train.max_steps_per_epoch or len(self.data.train))
+        self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.accumulate)
+        self.scheduler = build_scheduler(self.optimizer, train, self.updates_per_epoch, train.epochs)
+        self.augment = DeviceAugment(train.augment)
         self.evaluator = Evaluator(self.data.val, self.data.classes, cfg.model.classification.multi_label,
                                    ignore_index=cfg.model.segmentation.ignore_index)
         info = ModelInfo.of(self.model, cfg, self.data.classes, self.data.category_ids)
-        self.runner = TorchRunner(self.model, info, self.device)
-        self.run_dir = run_dir or new_run_dir(cfg.run.dir, cfg.run.name)
-        save_config(cfg, self.run_dir / "config.yaml")
-        self.log = MetricsLog(self.run_dir)
-        self.start_epoch, self.best_score, self.best_metrics = 0, -math.inf, {}
+        self.runner = TorchRunner(self.deployable, info, self.device)
+        self.run_dir = Path(self.processes.gather(str(run_dir or new_run_dir(cfg.run.dir, cfg.run.name))
+                                                  if self.main else None)[0])
+        if self.main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.monitor = Monitor(self.run_dir, self.main, train.log_every)
+        self.position = Position(epochs=train.epochs)
+        self.best_score, self.best_metrics = -math.inf, {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.last_losses: dict[str, torch.Tensor] = {}
+        self.bad_steps, self.stopped_by = 0, None
         if resume:
-            load_weights(self.model, resume["model"], self.run_dir / "last.pt")
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.scheduler.load_state_dict(resume["scheduler"])
-            self.start_epoch, self.best_score = resume["epoch"] + 1, resume["best_score"]
-            self.best_metrics = resume.get("best_metrics", {})
-        self.bad_steps = 0
+            self._restore(resume)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Trainer:
+        """Continue the run in ``run_dir`` from its ``last.pt``; ``overrides`` may change only what
+        keeps it the same run (more epochs, another device, ...; see ``state.RESUMABLE_OVERRIDES``)."""
+        state = load_run(run_dir)
+        return cls(resumed_config(state, Path(run_dir) / "last.pt", overrides), resume=state, run_dir=Path(run_dir))
+
+    @property
+    def deployable(self) -> torch.nn.Module:
+        """The weights validation, ``best.pt`` and export use: the EMA when it is on."""
+        return self.ema.module if self.ema else self.model
 
     def fit(self) -> dict[str, float]:
-        """Train the remaining epochs; returns the best epoch's validation metrics."""
-        logger.info("run folder %s | device %s | tasks %s | %d train / %d val images", self.run_dir, self.device,
-                    ", ".join(self.model.tasks), len(self.data.train.dataset), len(self.data.val.dataset))
-        for epoch in range(self.start_epoch, self.cfg.train.epochs):
-            started = time.perf_counter()
-            losses = self.train_one_epoch(epoch)
-            metrics = self.evaluator.run(self.runner).metrics
-            score = primary_score(metrics)
-            improved = score > self.best_score
-            if improved:
-                self.best_score, self.best_metrics = score, {"epoch": epoch + 1, **metrics}
-            self._save(epoch, improved)
-            self.log.append({"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **losses, **metrics})
-            logger.info("epoch %d/%d  loss %.3f  %s  (%.0fs)%s", epoch + 1, self.cfg.train.epochs, losses["loss"],
-                        _headline(metrics), time.perf_counter() - started, "  *best" if improved else "")
-            if epoch == self.start_epoch:
-                self._report_load_problems()
+        """Train the remaining epochs; returns the best epoch's validation metrics. When a stop
+        signal arrives, the run is saved mid-epoch and ``stopped_by`` names the signal."""
+        logger.info("run folder %s | device %s x%d | %s | tasks %s | %d train / %d val images", self.run_dir,
+                    self.device, self.processes.world, self.precision.name, ", ".join(self.model.tasks),
+                    len(self.data.train.dataset), len(self.data.val.dataset))
+        evaluation, first_epoch = None, self.position.epoch
+        with StopSignals() as stop:
+            while self.position.epoch < self.position.epochs:
+                if not self._train_epoch(stop):
+                    self.stopped_by = stop.requested or "a signal on another process"
+                    self._save()
+                    return self.best_metrics
+                evaluation = self._end_epoch()
+                if self.position.epoch == first_epoch + 1:
+                    self._report_load_problems()
+                if self._should_stop():
+                    break
+        self.monitor.finish(evaluation, self.data.classes, self.cfg.train.plots)
         return self.best_metrics
+
+    def _train_epoch(self, stop: StopSignals) -> bool:
+        """The rest of the current epoch; False when stopped by a signal."""
+        self.network.train()
+        position, accumulate = self.position, self.cfg.train.accumulate
+        sampler = self.data.train.sampler
+        sampler.set_epoch(position.epoch)
+        sampler.skip(position.batch * self.cfg.train.batch_size)
+        started = time.perf_counter()
+        bar = progress(self.data.train, total=self.batches_per_epoch, initial=position.batch, leave=False,
+                       desc=f"epoch {position.epoch + 1}/{position.epochs}", disable=not self.main)
+        for batch in bar:
+            if position.batch >= self.batches_per_epoch:
+                break
+            position.batch += 1
+            ends_update = position.batch % accumulate == 0 or position.batch == self.batches_per_epoch
+            self.run_step(batch, sync_gradients=ends_update)
+            if not ends_update:
+                continue
+            self._update()
+            log_now = position.updates % self.cfg.train.log_every == 0
+            self.monitor.step(bar, position.updates, len(batch) * accumulate * self.processes.world,
+                              self._floats(self.last_losses) if log_now else None, self._lr())
+            every = self.cfg.train.checkpoint_every
+            if every and position.updates % every == 0 and position.batch < self.batches_per_epoch:
+                self._save()
+            if self.processes.any(stop.requested is not None):
+                position.train_seconds += time.perf_counter() - started
+                return False
+        bar.close()
+        position.train_seconds += time.perf_counter() - started
+        return True
+
+    def run_step(self, batch: Batch, sync_gradients: bool = True) -> None:
+        """Forward, losses and backward of one batch (gradients accumulate until :meth:`_update`)."""
+        batch = self.augment(batch.to(self.device))
+        images = batch.images.contiguous(memory_format=self.memory_format)
+        no_sync = self.ddp.no_sync() if self.ddp and not sync_gradients else contextlib.nullcontext()
+        with no_sync:
+            with self.precision.autocast():
+                raw = self.network(images)
+            task_losses = self.model.loss(_as_float(raw), batch.targets)  # losses in fp32
+            weights = self.cfg.train.loss_weights
+            total = sum(getattr(weights, task) * sum(parts.values()) for task, parts in task_losses.items())
+            self.precision.scale(total / self.cfg.train.accumulate).backward()
+        self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
+                                                       task_losses.items() for name, v in parts.items()}}
+        for key, value in self.last_losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def _update(self) -> None:
+        """Clip and step, unless the gradients are not finite (the one host sync of a step)."""
+        self.precision.unscale(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        if not torch.isfinite(norm):
+            self._skip_update()
+            return
+        self.bad_steps = 0
+        self.precision.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.position.updates += 1
+        self.scheduler.step_update(self.position.updates)
+        if self.ema:
+            self.ema.update(self.model, step=self.position.updates)
+
+    def _skip_update(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.precision.scaler:
+            self.precision.scaler.update()  # lowers the fp16 loss scale after an overflow
+        losses = self._floats(self.last_losses)
+        if self.precision.scaler and all(math.isfinite(v) for v in losses.values()):
+            return  # an fp16 overflow, not a bad loss: the scaler handles it
+        self.bad_steps += 1
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)) or "gradients"
+        logger.warning("non-finite loss at epoch %d step %d (%s); step skipped", self.position.epoch + 1,
+                       self.position.batch, bad)
+        for key, value in self.last_losses.items():  # keep the epoch's averages finite
+            self.sums[key] = self.sums[key] - value
+        if self.bad_steps >= MAX_BAD_STEPS:
+            self._save()
+            raise TrainingError(f"loss non-finite for {MAX_BAD_STEPS} steps in a row ({bad}); lower train.lr or "
+                                f"check the labels; resume from {self.run_dir}")
+
+    def _end_epoch(self) -> Evaluation:
+        """Validate with the deployable weights, log, checkpoint; advance the position."""
+        evaluation = self.evaluator.run(self.runner, show_progress=self.main, processes=self.processes,
+                                        examples=PLOT_EXAMPLES if self.main else 0)
+        metrics, position = evaluation.metrics, self.position
+        score = self._monitored(metrics)
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_metrics = score, {"epoch": position.epoch + 1, **metrics}
+        position.stale_epochs = 0 if improved else position.stale_epochs + 1
+        losses = {("loss" if k == "loss" else f"train/{k}"): v / self.batches_per_epoch
+                  for k, v in self._floats(self.sums).items()}
+        position.epoch, position.batch, self.sums = position.epoch + 1, 0, {}
+        self._fit_to_time_budget()
+        self._save(best=improved)
+        self.monitor.epoch(position.updates, {"epoch": position.epoch, "lr": self._lr(), **losses, **metrics})
+        logger.info("epoch %d/%d  loss %.3f  %s  (%.0fs so far)%s", position.epoch, position.epochs,
+                    losses.get("loss", math.nan), _headline(metrics), position.train_seconds,
+                    "  *best" if improved else "")
+        return evaluation
+
+    def _monitored(self, metrics: dict[str, float]) -> float:
+        key = self.cfg.train.monitor
+        if key is None:
+            return primary_score(metrics)
+        if key not in metrics:
+            raise ConfigError(f"train.monitor={key!r} is not a validation metric of this run; choose one of "
+                              f"{', '.join(k for k in metrics if k.count('/') == 1)}")
+        return metrics[key]
+
+    def _should_stop(self) -> bool:
+        patience = self.cfg.train.patience
+        if patience and self.position.stale_epochs >= patience:
+            logger.info("no better %s for %d epochs: stopping early (best: epoch %s)",
+                        self.cfg.train.monitor or "mean headline metric", patience, self.best_metrics.get("epoch"))
+            return True
+        return False
+
+    def _fit_to_time_budget(self) -> None:
+        """With ``train.max_minutes``: as many epochs as the mean epoch time so far fits in it, and
+        the cosine schedule stretched or shrunk to end there."""
+        budget = self.cfg.train.max_minutes
+        if not budget:
+            return
+        position = self.position
+        per_epoch = position.train_seconds / max(1, position.epoch)
+        position.epochs = max(position.epoch, int(budget * 60 / per_epoch))
+        fit_schedule(self.scheduler, position.epochs * self.updates_per_epoch)
+
+    def _save(self, best: bool = False) -> None:
+        """``last.pt`` (and ``best.pt``) on rank 0; every rank hands over its RNG states."""
+        rngs = self.processes.gather(rng_state())
+        if not self.main:
+            return
+        self.position.loss_sums = self._floats(self.sums)
+        extra = {"epoch": self.position.epoch, "best_score": self.best_score, "best_metrics": self.best_metrics,
+                 "category_ids": self.data.category_ids}
+        training = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "scaler": self.precision.state_dict(), "rng": rngs,
+                    "position": self.position.to_dict()}
+        save_checkpoint(self.run_dir / "last.pt", self.deployable, self.cfg, self.data.classes, training=training,
+                        **extra)
+        if best:
+            save_checkpoint(self.run_dir / "best.pt", self.deployable, self.cfg, self.data.classes, **extra)
+        write_json(self.run_dir / "metrics.json", self.best_metrics)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        training, path = state["training"], self.run_dir / "last.pt"
+        load_weights(self.model, training["model"], path)
+        if self.ema:
+            load_weights(self.ema.module, state["model"], path)
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        self.precision.load_state_dict(training["scaler"])
+        self.position = Position(**training["position"])
+        if not self.cfg.train.max_minutes:
+            self.position.epochs = self.cfg.train.epochs  # a resume may ask for more epochs
+            fit_schedule(self.scheduler, self.position.epochs * self.updates_per_epoch)
+        self.sums = {k: torch.tensor(v, device=self.device) for k, v in self.position.loss_sums.items()}
+        rngs = training["rng"]
+        set_rng_state(rngs[self.processes.rank % len(rngs)])
+        self.best_score, self.best_metrics = state["best_score"], state.get("best_metrics", {})
 
     def _report_load_problems(self) -> None:
         """After the first epoch (about one pass over the data) a summary of the problems only
@@ -105,55 +318,30 @@ class Trainer:
                 logger.warning("%s: %d image(s) with load problems so far: %s", problems.split,
                                sum(counts.values()), describe(counts))
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
-        totals: dict[str, float] = {}
-        bar = progress(self.data.train, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
-                   leave=False)
-        for step, batch in enumerate(bar):
-            if step >= self.steps_per_epoch:
-                break
-            losses = self.training_step(batch)
-            for key, value in losses.items():
-                totals[key] = totals.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{losses['loss']:.3f}", refresh=False)  # the bar redraws at its own interval
-        return {f"train/{k}" if k != "loss" else k: v / self.steps_per_epoch for k, v in totals.items()}
+    def _lr(self) -> float:
+        return max(group["lr"] for group in self.optimizer.param_groups)
 
-    def training_step(self, batch: Batch) -> dict[str, float]:
-        """One optimisation step; returns the loss components as floats."""
-        batch = self.augment(batch.to(self.device))
-        images = batch.images.contiguous(memory_format=self.memory_format)
-        task_losses = self.model.loss(self.model(images), batch.targets)
-        weights = self.cfg.train.loss_weights
-        total = sum(getattr(weights, task) * sum(parts.values()) for task, parts in task_losses.items())
-        logged = {f"{task}/{name}": float(v.detach()) for task, parts in task_losses.items() for name, v in parts.items()}
-        if not torch.isfinite(total):
-            self._skip_bad_step(logged)
-            return {"loss": 0.0, **{k: 0.0 for k in logged}}
-        self.bad_steps = 0
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return {"loss": float(total.detach()), **logged}
+    @staticmethod
+    def _floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+        """Device scalars to floats in one transfer."""
+        if not values:
+            return {}
+        stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values.values()]).cpu()
+        return dict(zip(values, stacked.tolist()))
 
-    def _skip_bad_step(self, logged: dict[str, float]) -> None:
-        self.bad_steps += 1
-        bad = ", ".join(f"{k}={v}" for k, v in logged.items() if not math.isfinite(v))
-        logger.warning("non-finite loss (%s); step skipped", bad)
-        if self.bad_steps >= MAX_BAD_STEPS:
-            raise TrainingError(f"loss non-finite for {MAX_BAD_STEPS} steps in a row ({bad}); lower train.lr or "
-                                f"check the labels; resume from {self.run_dir / 'last.pt'}")
 
-    def _save(self, epoch: int, improved: bool) -> None:
-        extra = {"epoch": epoch, "best_score": self.best_score, "best_metrics": self.best_metrics,
-                 "category_ids": self.data.category_ids}
-        save_checkpoint(self.run_dir / "last.pt", self.model, self.cfg, self.data.classes,
-                        optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), **extra)
-        if improved:
-            save_checkpoint(self.run_dir / "best.pt", self.model, self.cfg, self.data.classes, **extra)
-        write_json(self.run_dir / "metrics.json", self.best_metrics)
+def _process_device(name: str, processes: Processes) -> torch.device:
+    """``train.device``, and under ``torchrun`` with CUDA this process's own GPU (LOCAL_RANK)."""
+    device = resolve_device(name)
+    if device.type == "cuda" and processes.world > 1:
+        device = torch.device("cuda", processes.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _as_float(raw: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Head outputs in fp32, so losses are computed in full precision after an autocast forward."""
+    return {task: {k: v.float() if v.is_floating_point() else v for k, v in out.items()} for task, out in raw.items()}
 
 
 def _headline(metrics: dict[str, float]) -> str:

@@ -1,5 +1,6 @@
 """The little coordination ``torchrun`` runs need: rank and world size from its environment, a
-barrier and sums over processes (gloo: CPU tensors, so it works with or without GPUs)."""
+barrier, sums and gathers over processes. The group is gloo for CPU tensors, plus nccl for CUDA
+tensors when GPUs are present (DDP's gradient all-reduce), so these helpers work either way."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class Processes:
         """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
+            dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
@@ -48,3 +49,16 @@ class Processes:
         tensor = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return float(tensor.item())
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any (e.g. a stop signal seen by one)."""
+        return self.max(float(flag)) > 0
+
+    def gather(self, value: object) -> list[object]:
+        """``value`` of every process, in rank order (picklable Python objects, small ones)."""
+        if self.world == 1:
+            return [value]
+        out: list[object] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+

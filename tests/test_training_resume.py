@@ -1,0 +1,119 @@
+"""Exact resume: a run killed with SIGKILL and resumed ends with the weights an uninterrupted run has.
+
+The training process is killed by a wrapper around ``tools/train.py`` one optimiser step after
+it wrote the chosen checkpoint (so there is lost work to redo), from outside Python's control:
+``os.kill(os.getpid(), SIGKILL)`` leaves no chance to save or clean up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, run_tool
+
+# Runs ``tools/train.py`` after arranging a SIGKILL one optimiser step after the checkpoint at
+# (epoch, batch) = KILL_AT has been written.
+KILLER = """
+import os, runpy, signal, sys
+from vision_mtl.training.trainer import Trainer
+
+target = tuple(int(v) for v in os.environ["KILL_AT"].split(","))
+save, update = Trainer._save, Trainer._update
+written = []
+
+def _save(self, best=False):
+    save(self, best)
+    if (self.position.epoch, self.position.batch) == target:
+        written.append(True)
+
+def _update(self):
+    update(self)
+    if written:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer._save, Trainer._update = _save, _update
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    return state["training"]["model"], state["model"]
+
+
+@pytest.fixture(scope="module")
+def resume_overrides(tiny_overrides) -> list[str]:
+    # 2 epochs x 4 steps, a checkpoint every 2 steps, EMA on, one loader worker (its order must replay too)
+    return [*tiny_overrides, "train.epochs=2", "train.max_steps_per_epoch=4", "train.checkpoint_every=2",
+            "data.num_workers=1", "train.ema_decay=0.9", "train.plots=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(resume_overrides, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_tool("train.py", *resume_overrides, f"run.dir={runs}", "run.name=full")
+    assert proc.returncode == 0, proc.stderr
+    return runs / "full"
+
+
+@pytest.mark.parametrize("kill_at", [(0, 2), (1, 0)], ids=["mid-epoch", "end-of-epoch"])
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(kill_at, resume_overrides, uninterrupted, tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    env = {**os.environ, "KILL_AT": f"{kill_at[0]},{kill_at[1]}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(REPO_ROOT / "tools" / "train.py"), *resume_overrides,
+                           f"run.dir={tmp_path}", "run.name=cut"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_dir = tmp_path / "cut"
+    saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["training"]["position"]
+    assert (saved["epoch"], saved["batch"]) == kill_at  # the step after it was lost with the process
+
+    resumed = run_tool("train.py", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+
+    raw, ema = _weights(run_dir)
+    raw_full, ema_full = _weights(uninterrupted)
+    for name, value in raw_full.items():
+        torch.testing.assert_close(raw[name], value, rtol=0, atol=1e-6, msg=f"raw weight {name}")
+    for name, value in ema_full.items():
+        torch.testing.assert_close(ema[name], value, rtol=0, atol=1e-6, msg=f"EMA weight {name}")
+    history = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(history) == 1 + 2  # one row per epoch: nothing repeated, nothing missing
+
+
+def test_resume_without_a_complete_checkpoint_says_what_to_do(tmp_path, make_config):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("{}\n")
+    stale = run_dir / ".last.pt.x1y2z3.tmp"  # what a kill during the first write leaves
+    stale.write_bytes(b"half a checkpoint")
+    proc = run_tool("train.py", "--resume", str(run_dir))
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line and "no complete checkpoint" in line and f"--config {run_dir / 'config.yaml'}" in line
+    assert not stale.exists()
+
+
+def test_resume_applies_more_epochs_and_refuses_other_changes(trained_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    refused = run_tool("train.py", "--resume", str(run_dir), "train.lr=0.5")
+    assert refused.returncode == 2
+    assert "train.lr cannot change when resuming" in refused.stderr and "\n" not in refused.stderr.strip()
+
+    more = run_tool("train.py", "--resume", str(run_dir), "train.epochs=3")
+    assert more.returncode == 0, more.stderr
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 3 and state["config"]["train"]["epochs"] == 3
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 3

@@ -1,0 +1,72 @@
+"""Mixed precision for training: the autocast context and, for CUDA fp16 only, a gradient scaler.
+
+``train.amp``: ``auto`` gives bf16 on a CUDA device that supports it and fp32 elsewhere (on this
+project's CPU benchmark bf16 autocast did not pay for training; see docs/benchmarks.md), ``bf16``
+forces bf16 autocast (CUDA or CPU), ``fp16`` fp16 autocast with a ``GradScaler`` (CUDA only),
+``off`` plain fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from vision_mtl.errors import ConfigError
+
+
+class Precision:
+    """``with precision.autocast():`` around the forward and loss; ``scale(loss).backward()``;
+    ``unscale(optimizer)`` before any gradient arithmetic (clipping, gradient balancers);
+    ``step(optimizer)`` returns False when fp16 gradients overflowed and the step was skipped."""
+
+    def __init__(self, mode: str, device: torch.device):
+        self.dtype = resolve_amp(mode, device)
+        self.device = device
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype is torch.float16 else None
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        if self.dtype is None:
+            yield
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                yield
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss) if self.scaler else loss
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler and state:
+            self.scaler.load_state_dict(state)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``train.amp`` asks for on ``device`` (None: fp32)."""
+    if mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if mode == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs a CUDA device (fp16 on CPU is slow and needs loss scaling); "
+                          "use bf16 or off")
+    return torch.bfloat16 if mode == "bf16" else torch.float16
