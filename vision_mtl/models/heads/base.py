@@ -14,7 +14,9 @@ class TaskHead(nn.Module):
     """A head reads pyramid levels and owns its loss and decoding.
 
     ``forward(features) -> raw``; ``loss(raw, targets) -> {name: scalar}`` using only samples
-    whose ``targets["valid"]`` is True; ``predict(raw, image_size) -> {name: tensor}`` with pure
+    whose ``targets["valid"]`` is True, by weighting per-sample terms rather than indexing, so a
+    training step never waits on the GPU and a batch without a valid sample gives zero losses that
+    keep every parameter in the graph; ``predict(raw, image_size) -> {name: tensor}`` with pure
     batched tensor ops, so it exports to ONNX unchanged.
     """
 
@@ -30,12 +32,10 @@ class TaskHead(nn.Module):
         raise NotImplementedError
 
 
-def zero_loss(raw: Raw, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Zero losses that stay connected to every raw output (DDP needs each parameter in the graph)."""
-    anchor = sum(t.sum() for t in raw.values() if t.is_floating_point() and t.requires_grad)
-    if not isinstance(anchor, torch.Tensor):  # nothing requires grad (e.g. under no_grad)
-        anchor = next(iter(raw.values())).new_zeros(()).float()
-    return {name: anchor * 0.0 for name in names}
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` holds, without a host sync (no boolean indexing): zero, still
+    connected to ``values``, when nothing holds, so every head parameter gets a gradient (DDP needs it)."""
+    return torch.where(mask, values, 0).sum() / mask.sum().clamp(min=1)
 
 
 def conv_norm_act(in_channels: int, out_channels: int) -> nn.Sequential:

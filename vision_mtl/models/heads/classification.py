@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vision_mtl.config import ClassificationConfig
-from vision_mtl.models.heads.base import Raw, TaskHead, zero_loss
+from vision_mtl.models.heads.base import Raw, TaskHead, masked_mean
 
 
 class ClassificationHead(TaskHead):
@@ -31,14 +31,13 @@ class ClassificationHead(TaskHead):
         return {"logits": self.fc(self.dropout(pooled))}
 
     def loss(self, raw: Raw, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        valid = targets["valid"]
-        if not bool(valid.any()):
-            return zero_loss(raw, ("ce",))
-        logits = raw["logits"][valid]
-        labels = targets["labels"][valid]
+        valid, logits, labels = targets["valid"], raw["logits"], targets["labels"]
         if self.multi_label:
-            return {"ce": F.binary_cross_entropy_with_logits(logits, labels.float())}
-        return {"ce": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+            per_sample = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(dim=1)
+        else:
+            labels = torch.where(valid, labels, 0)  # unlabelled samples carry -1, not a class
+            per_sample = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
+        return {"ce": masked_mean(per_sample, valid)}
 
     def predict(self, raw: Raw, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         logits = raw["logits"]

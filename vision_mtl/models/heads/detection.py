@@ -7,10 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import clip_boxes_to_image, generalized_box_iou_loss, nms, sigmoid_focal_loss
+from torchvision.ops import clip_boxes_to_image, nms, sigmoid_focal_loss
 
 from vision_mtl.config import DetectionConfig
-from vision_mtl.models.heads.base import Raw, TaskHead, conv_norm_act, zero_loss
+from vision_mtl.models.heads.base import Raw, TaskHead, conv_norm_act, masked_mean
 
 
 class DetectionHead(TaskHead):
@@ -68,29 +68,29 @@ class DetectionHead(TaskHead):
         }
 
     def loss(self, raw: Raw, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        valid = targets["valid"]
-        if not bool(valid.any()):
-            return zero_loss(raw, ("cls", "box", "centerness"))
-        cls_logits = raw["cls_logits"][valid]  # [V, N, C]
-        pred_ltrb = raw["box_ltrb"][valid]  # [V, N, 4]
-        ctr_logits = raw["centerness"][valid]  # [V, N]
+        valid, cls_logits = targets["valid"], raw["cls_logits"]  # [B], [B, N, C]
         positive, labels, target_ltrb = self.assign(raw["points"], raw["strides"],
-                                                    targets["boxes"][valid], targets["labels"][valid])
+                                                    targets["boxes"], targets["labels"])
+        positive = positive & valid.unsqueeze(1)  # [B, N]
         num_pos = positive.sum().clamp(min=1).float()
 
         cls_target = F.one_hot(labels.clamp(min=0), self.num_classes).to(cls_logits.dtype)
         cls_target = cls_target * positive.unsqueeze(-1)
-        loss_cls = sigmoid_focal_loss(cls_logits, cls_target, self.cfg.focal_alpha, self.cfg.focal_gamma,
-                                      reduction="sum") / num_pos
+        focal = sigmoid_focal_loss(cls_logits, cls_target, self.cfg.focal_alpha, self.cfg.focal_gamma,
+                                   reduction="none")  # [B, N, C]
+        loss_cls = torch.where(valid, focal.sum(dim=(1, 2)), 0).sum() / num_pos
 
-        points = raw["points"].unsqueeze(0).expand_as(pred_ltrb[..., :2])[positive]  # [P, 2]
-        ctr_target = centerness_target(target_ltrb[positive])  # [P]
-        pred_boxes = ltrb_to_boxes(points, pred_ltrb[positive])
-        true_boxes = ltrb_to_boxes(points, target_ltrb[positive])
-        giou = generalized_box_iou_loss(pred_boxes, true_boxes, reduction="none")
+        # every location is scored; the others get a unit box, so GIoU and centerness stay finite there
+        keep = positive.unsqueeze(-1)
+        pred_ltrb = torch.where(keep, raw["box_ltrb"], 1.0)  # [B, N, 4]
+        target_ltrb = torch.where(keep, target_ltrb, 1.0)
+        ctr_target = centerness_target(target_ltrb) * positive  # [B, N], zero off the positives
+        pred_boxes = ltrb_to_boxes(raw["points"], pred_ltrb)
+        true_boxes = ltrb_to_boxes(raw["points"], target_ltrb)
+        giou = giou_loss(pred_boxes, true_boxes)  # [B, N]
         loss_box = (giou * ctr_target).sum() / ctr_target.sum().clamp(min=1e-6)
-        loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits[positive], ctr_target, reduction="sum") / num_pos
-        return {"cls": loss_cls, "box": loss_box, "centerness": loss_ctr}
+        ctr_bce = F.binary_cross_entropy_with_logits(raw["centerness"], ctr_target, reduction="none")
+        return {"cls": loss_cls, "box": loss_box, "centerness": masked_mean(ctr_bce, positive)}
 
     @torch.no_grad()
     def assign(self, points: torch.Tensor, strides: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor):
@@ -180,6 +180,18 @@ def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
 def ltrb_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
     """Distances from a point to the four sides -> xyxy boxes."""
     return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
+
+
+def giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - GIoU of paired xyxy boxes, elementwise: torchvision's ``generalized_box_iou_loss`` with
+    ``torch.where`` in place of its boolean-mask indexing, which costs a host sync on every call."""
+    x1, y1, x2, y2 = boxes1.unbind(dim=-1)
+    x1g, y1g, x2g, y2g = boxes2.unbind(dim=-1)
+    inter_w, inter_h = torch.min(x2, x2g) - torch.max(x1, x1g), torch.min(y2, y2g) - torch.max(y1, y1g)
+    inter = torch.where((inter_w > 0) & (inter_h > 0), inter_w * inter_h, 0)
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    hull = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
+    return 1 - (inter / (union + eps) - (hull - union) / (hull + eps))
 
 
 def centerness_target(ltrb: torch.Tensor) -> torch.Tensor:

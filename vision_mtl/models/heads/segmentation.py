@@ -8,7 +8,7 @@ from segmentation_models_pytorch.losses import DiceLoss
 from torch import nn
 
 from vision_mtl.config import SegmentationConfig
-from vision_mtl.models.heads.base import Raw, TaskHead, conv_norm_act, zero_loss
+from vision_mtl.models.heads.base import Raw, TaskHead, conv_norm_act
 
 
 class SegmentationHead(TaskHead):
@@ -50,14 +50,12 @@ class SegmentationHead(TaskHead):
         return {"logits": self.classifier(fused)}  # [B, K, H/s, W/s]
 
     def loss(self, raw: Raw, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        valid = targets["valid"]
-        if not bool(valid.any()):
-            return zero_loss(raw, ("ce", "dice"))
-        masks = targets["mask"][valid]
-        logits = F.interpolate(raw["logits"][valid], size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        losses = {"ce": F.cross_entropy(logits, masks, ignore_index=self.ignore_index)}
-        if (masks == self.ignore_index).all():  # CE of an all-ignored batch is NaN; keep it a connected zero
-            losses["ce"] = logits.sum() * 0.0
+        # samples without a mask become all-ignored, which both CE and Dice already leave out
+        masks = torch.where(targets["valid"].view(-1, 1, 1), targets["mask"], self.ignore_index)
+        logits = F.interpolate(raw["logits"], size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        # a sum over the labelled pixels, not a mean: zero rather than NaN when every pixel is ignored
+        ce = F.cross_entropy(logits, masks, ignore_index=self.ignore_index, reduction="sum")
+        losses = {"ce": ce / (masks != self.ignore_index).sum().clamp(min=1)}
         if self.dice_weight > 0:
             losses["dice"] = self.dice_weight * self.dice(logits, masks)
         return losses
