@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from conftest import run_tool, trained_run_overrides
 from vision_mtl.config import load_config
 from vision_mtl.data.device_augment import to_float
 from vision_mtl.data.loader import build_data
-from vision_mtl.engine.checkpoint import checkpoint_config, load_checkpoint, load_model
-from vision_mtl.training.trainer import Trainer
+from vision_mtl.engine.checkpoint import load_checkpoint, load_model
 
 HEADLINE = ("classification/top1", "detection/mAP", "detection/mAP50", "segmentation/mIoU")
 
@@ -52,9 +50,10 @@ def test_run_folder_holds_config_checkpoints_and_metrics(trained_run, tiny_overr
             assert float(best_row[key]) == pytest.approx(value, abs=1e-9), key
 
     last, best = load_checkpoint(trained_run / "last.pt"), load_checkpoint(trained_run / "best.pt")
-    assert last["epoch"] == 1  # 0-based: the second epoch
-    assert best["epoch"] == int(metrics["epoch"]) - 1
-    assert {"optimizer", "scheduler"} <= set(last)
+    assert last["epoch"] == 2  # epochs completed
+    assert best["epoch"] == int(metrics["epoch"])
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "position"} <= set(last["training"])
+    assert "training" not in best  # best.pt is for deployment: weights, config, classes
     assert last["best_metrics"] == metrics
 
 
@@ -75,39 +74,3 @@ def test_evaluate_reproduces_training_metrics(trained_run):
         preds = model.eval().predict(model(to_float(batch.images)), (64, 64))
     assert int(preds["detection"]["num"].sum()) > 0
     assert "detection/mAP" in proc.stdout + proc.stderr  # the table is printed
-
-
-def test_resume_continues_after_the_saved_epoch(trained_run, tmp_path, monkeypatch):
-    """A run stopped after epoch 1 resumes at epoch 2 and keeps epoch 1's history."""
-    run = tmp_path / "resumed"
-    run.mkdir()
-    shutil.copy(trained_run / "config.yaml", run / "config.yaml")
-    state = load_checkpoint(trained_run / "last.pt")
-    state["epoch"] = 0
-    torch.save(state, run / "last.pt")
-    rows = read_csv(trained_run / "metrics.csv")
-    with open(run / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerow(rows[0])
-
-    trained_epochs = []
-    original = Trainer.train_one_epoch
-
-    def spy(self, epoch):
-        trained_epochs.append(epoch)
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_one_epoch", spy)
-    resumed = load_checkpoint(run / "last.pt")
-    trainer = Trainer(checkpoint_config(resumed, run / "last.pt"), resume=resumed, run_dir=run)
-    assert trainer.start_epoch == 1
-    metrics = trainer.fit()
-
-    assert trained_epochs == [1]  # epoch index 0 was not run again
-    new_rows = read_csv(run / "metrics.csv")
-    assert [float(r["epoch"]) for r in new_rows] == [1.0, 2.0]
-    assert float(new_rows[0]["loss"]) == pytest.approx(float(rows[0]["loss"]))
-    assert load_checkpoint(run / "last.pt")["epoch"] == 1
-    assert (run / "metrics.json").is_file() and "epoch" in metrics
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["resumed"]  # no new run folder was created

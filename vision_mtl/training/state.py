@@ -33,13 +33,14 @@ RESUMABLE_OVERRIDES = ("train.epochs", "train.device", "train.patience", "train.
 class Position:
     """Where a run is: ``epoch`` in progress (0-based), ``batch`` batches of it already trained on,
     ``updates`` optimiser steps so far, ``epochs`` the (possibly time-fitted) epoch count, the epoch's
-    running ``loss_sums``, ``stale_epochs`` without improvement, ``train_seconds`` spent."""
+    running ``loss_sums`` over ``loss_batches`` batches, ``stale_epochs`` without improvement, ``train_seconds`` spent."""
 
     epoch: int = 0
     batch: int = 0
     updates: int = 0
     epochs: int = 0
     loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_batches: int = 0
     stale_epochs: int = 0
     train_seconds: float = 0.0
 

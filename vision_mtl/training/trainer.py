@@ -104,7 +104,8 @@ class Trainer:
         self.monitor = Monitor(self.run_dir, self.main, train.log_every)
         self.position = Position(epochs=train.epochs)
         self.best_score, self.best_metrics = -math.inf, {}
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}  # loss sums of the epoch's taken steps, on the device
+        self.pending: list[dict[str, torch.Tensor]] = []  # losses of the micro-steps since the last update
         self.last_losses: dict[str, torch.Tensor] = {}
         self.bad_steps, self.stopped_by = 0, None
         if resume:
@@ -189,8 +190,7 @@ class Trainer:
             self.precision.scale(total / self.cfg.train.accumulate).backward()
         self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
                                                        task_losses.items() for name, v in parts.items()}}
-        for key, value in self.last_losses.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.pending.append(self.last_losses)
 
     def _update(self) -> None:
         """Clip and step, unless the gradients are not finite (the one host sync of a step)."""
@@ -200,6 +200,11 @@ class Trainer:
             self._skip_update()
             return
         self.bad_steps = 0
+        for losses in self.pending:  # the epoch's averages count the steps that were taken
+            for key, value in losses.items():
+                self.sums[key] = self.sums.get(key, 0.0) + value
+        self.position.loss_batches += len(self.pending)
+        self.pending = []
         self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.position.updates += 1
@@ -209,6 +214,7 @@ class Trainer:
 
     def _skip_update(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        self.pending = []
         if self.precision.scaler:
             self.precision.scaler.update()  # lowers the fp16 loss scale after an overflow
         losses = self._floats(self.last_losses)
@@ -218,8 +224,6 @@ class Trainer:
         bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v)) or "gradients"
         logger.warning("non-finite loss at epoch %d step %d (%s); step skipped", self.position.epoch + 1,
                        self.position.batch, bad)
-        for key, value in self.last_losses.items():  # keep the epoch's averages finite
-            self.sums[key] = self.sums[key] - value
         if self.bad_steps >= MAX_BAD_STEPS:
             self._save()
             raise TrainingError(f"loss non-finite for {MAX_BAD_STEPS} steps in a row ({bad}); lower train.lr or "
@@ -235,9 +239,9 @@ class Trainer:
         if improved:
             self.best_score, self.best_metrics = score, {"epoch": position.epoch + 1, **metrics}
         position.stale_epochs = 0 if improved else position.stale_epochs + 1
-        losses = {("loss" if k == "loss" else f"train/{k}"): v / self.batches_per_epoch
+        losses = {("loss" if k == "loss" else f"train/{k}"): v / max(1, position.loss_batches)
                   for k, v in self._floats(self.sums).items()}
-        position.epoch, position.batch, self.sums = position.epoch + 1, 0, {}
+        position.epoch, position.batch, position.loss_batches, self.sums = position.epoch + 1, 0, 0, {}
         self._fit_to_time_budget()
         self._save(best=improved)
         self.monitor.epoch(position.updates, {"epoch": position.epoch, "lr": self._lr(), **losses, **metrics})
