@@ -1,5 +1,5 @@
 """The little coordination ``torchrun`` runs need: rank and world size from its environment, a
-barrier and sums over processes (gloo: CPU tensors, so it works with or without GPUs)."""
+barrier, sums and gathers over processes (gloo: CPU tensors, so it works with or without GPUs)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,11 @@ class Processes:
         tensor = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return float(tensor.item())
+
+    def gather(self, value: object) -> list:
+        """Every process's ``value`` (any picklable object), in rank order, on every process."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
