@@ -22,6 +22,8 @@ setup(
         "onnx>=1.16",
         "onnxruntime>=1.18",
         "onnxscript>=0.5",  # torch.onnx.export(dynamo=True), the default exporter
+        "tensorboard>=2.16",
+        "matplotlib>=3.8",
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
 )

@@ -276,3 +276,47 @@ def test_primary_score_is_the_mean_of_headline_metrics():
     metrics = {"classification/top1": 0.5, "detection/mAP": 0.2, "detection/mAP50": 0.9, "segmentation/mIoU": 0.8}
     assert primary_score(metrics) == pytest.approx((0.5 + 0.2 + 0.8) / 3)
     assert primary_score({}) == 0.0
+
+
+# ----------------------------------------------------------------------------- curves (plot data)
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(shift=4.0, rng_scores=True), dict(shift=8.0, rng_scores=True, drop=1)])
+def test_detection_pr_curves_average_to_cocoevals_ap50(kwargs):
+    """Per-class precision at 101 recall points, IoU 0.5; their mean over recall and classes is AP50.
+    A model class without ground truth has a NaN curve and stays out of the mean."""
+    results = detections(**kwargs)
+    dataset = coco_dataset()
+    dataset["categories"].append({"id": 9, "name": "bird"})  # a category nothing is annotated with
+    metric = DetectionMetric(dataset, [*CATEGORY_IDS, 9], [*CLASS_NAMES, "bird"])
+    for result in copy.deepcopy(results):
+        metric.update(result)
+    out = metric.compute()
+    curves = metric.curves
+    np.testing.assert_allclose(curves["detection/recall"], np.linspace(0, 1, 101))
+    assert curves["detection/precision"].shape == (3, 101) and curves["detection/precision_mean"].shape == (101,)
+    assert np.isnan(curves["detection/precision"][2]).all() and not np.isnan(curves["detection/precision"][:2]).any()
+    ap50 = direct_cocoeval(results)[1]
+    assert out["detection/mAP50"] == pytest.approx(ap50, abs=1e-12)
+    assert curves["detection/precision_mean"].mean() == pytest.approx(ap50, abs=1e-9)
+    assert curves["detection/precision"][:2].mean() == pytest.approx(ap50, abs=1e-9)
+
+
+def test_classification_confusion_curve_counts_truth_against_top1():
+    metric = ClassificationMetric(["a", "b", "c"])
+    scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    metric.update(scores, torch.tensor([0, 2, 0, 1]))
+    metric.compute()
+    np.testing.assert_array_equal(metric.curves["classification/confusion"], [[1, 1, 0], [1, 0, 0], [0, 0, 1]])
+    multi = ClassificationMetric(["a", "b"], multi_label=True)
+    multi.update(torch.tensor([[0.9, 0.1]]), torch.tensor([[1.0, 0.0]]))
+    multi.compute()
+    assert multi.curves == {}  # no confusion matrix for multi-label
+
+
+def test_segmentation_iou_curve_is_the_per_class_iou_with_nan_for_absent_classes():
+    metric = SegmentationMetric(["a", "b", "c"])
+    metric.update(torch.tensor([[0, 1, 1], [0, 0, 2]]), torch.tensor([[0, 1, 0], [0, 0, 1]]))
+    out = metric.compute()
+    iou = metric.curves["segmentation/iou"]
+    assert iou.shape == (3,) and np.isnan(iou[2])
+    assert iou[:2].tolist() == [out["segmentation/IoU/a"], out["segmentation/IoU/b"]]
