@@ -1,6 +1,6 @@
 """Train a multi-task model.
 
-    python tools/train.py [--config configs/shapes.yaml] [key=value ...]
+    python tools/train.py [--config FILE] [key=value ...]   # FILE: configs/shapes.yaml unless given
     python tools/train.py --resume runs/shapes          # continue an interrupted run
 """
 
@@ -17,10 +17,14 @@ from vision_mtl.utils.cli import run_tool
 
 logger = logging.getLogger("train")
 
+# The built-in run: the only config that asks for generated (synthetic) data.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes.yaml"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (defaults: the built-in shapes run)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="YAML config over the schema defaults (default: configs/shapes.yaml, the built-in shapes run)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last.pt")
     parser.add_argument("overrides", nargs="*", help="config overrides such as train.epochs=5")
     args = parser.parse_intermixed_args()
