@@ -61,7 +61,7 @@ def shapes_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_overrides(shapes_root, tmp_path_factory) -> list[str]:
-    """Overrides that make a full run tiny; the trainer's own ensure_shapes() finds matching meta."""
+    """Overrides that make a full run tiny; tools/train.py (configs/shapes.yaml) finds the generated set."""
     runs = tmp_path_factory.mktemp("runs")
     return [
         *TINY_MODEL,

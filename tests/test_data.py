@@ -17,7 +17,7 @@ from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.device_augment import DeviceAugment
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, Batch, Sample, collate
-from vision_mtl.data.shapes import ensure_shapes
+from vision_mtl.data.shapes import MARKER, ensure_shapes
 from vision_mtl.data.sources import read_split
 from vision_mtl.data.transforms import PAD_VALUE, letterbox
 from vision_mtl.engine.results import split_predictions
@@ -75,7 +75,7 @@ def test_shapes_split_loads_through_dataset_with_boxes_matching_coco(shapes_root
 
 
 def test_ensure_shapes_reuses_matching_dataset(shapes_root):
-    meta = shapes_root / "meta.json"
+    meta = shapes_root / MARKER
     stamp = meta.stat().st_mtime_ns
     assert ensure_shapes(shapes_root, NUM_TRAIN, NUM_VAL, 64) == shapes_root
     assert meta.stat().st_mtime_ns == stamp
@@ -108,7 +108,7 @@ def test_ensure_shapes_refuses_to_replace_foreign_folder(tmp_path):
 def test_synthetic_over_a_foreign_folder_is_a_user_error(tmp_path, make_config):
     (tmp_path / "coco128" / "images").mkdir(parents=True)
     (tmp_path / "coco128" / "images" / "a.jpg").write_bytes(b"")
-    cfg = make_config(f"data.root={tmp_path / 'coco128'}")
+    cfg = make_config("data.synthetic=shapes", f"data.root={tmp_path / 'coco128'}")
     with pytest.raises(VisionMTLError) as info:
         build_data(cfg)
     assert one_line(info.value) and "data.synthetic" in str(info.value)

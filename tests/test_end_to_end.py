@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_tool, trained_run_overrides
+from conftest import REPO_ROOT, run_tool, trained_run_overrides
 from vision_mtl.config import load_config
 from vision_mtl.data.device_augment import to_float
 from vision_mtl.data.loader import build_data
@@ -28,10 +28,11 @@ def test_run_folder_holds_config_checkpoints_and_metrics(trained_run, tiny_overr
         assert (trained_run / name).is_file(), name
     assert not list(trained_run.glob("*.tmp"))
 
-    # config.yaml is what the run used
+    # config.yaml is what the run used (tools/train.py's default config, configs/shapes.yaml)
     used = load_config(trained_run / "config.yaml")
     assert used.model.backbone == "test_resnet" and used.train.epochs == 2
-    assert used == load_config(None, trained_run_overrides(tiny_overrides, trained_run.parent))
+    assert used == load_config(REPO_ROOT / "configs" / "shapes.yaml",
+                               trained_run_overrides(tiny_overrides, trained_run.parent))
 
     rows = read_csv(trained_run / "metrics.csv")
     assert [float(r["epoch"]) for r in rows] == [1.0, 2.0]

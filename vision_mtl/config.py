@@ -1,6 +1,8 @@
 """Typed configuration: one dataclass schema, YAML files and ``key=value`` overrides.
 
-The schema's defaults are the default run (``configs/shapes.yaml`` spells them out).
+The schema's defaults are the default run (``configs/shapes.yaml`` spells them out), except that
+only that file sets ``data.synthetic: shapes``: a config that does not ask for generated data never
+gets any written under its ``data.root``.
 
 Every value is checked against the schema when it is read, so a typo or a wrong type stops the
 run before any work starts, with a one-line message that names the key and what it accepts.
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from vision_mtl.errors import ConfigError
+from vision_mtl.errors import ConfigError, first_line
 
 TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
 Task = Literal["classification", "detection", "segmentation"]
@@ -89,6 +91,8 @@ class SourceConfig:
     is drawn in training, relative to an image of a weight-1 source. ``classes``: class names by
     mask value, or the class order. ``class_map``: ``name: name`` renames or merges classes (null
     drops one); integer keys map mask values to class names (unmapped values become ignore).
+    ``file_column``, ``label_column``: the ``labels`` CSV's column names when they are not one of
+    the common ones (data/label_csv.py lists those).
     """
 
     format: SourceFormat = "files"
@@ -102,15 +106,18 @@ class SourceConfig:
     weight: float = 1.0
     classes: list[str] | None = None
     class_map: dict[int | str, str | None] | None = None
+    file_column: str | None = None
+    label_column: str | None = None
 
 
-# The location keys each source format reads: (required, optional).
+# The keys naming files, fields and columns that each source format reads: (required, optional).
+_CSV_COLUMNS = ("file_column", "label_column")
 SOURCE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "files": (("images",), ("annotations", "masks", "labels")),
-    "coco": (("images", "annotations"), ("labels", "label_field")),
+    "files": (("images",), ("annotations", "masks", "labels", *_CSV_COLUMNS)),
+    "coco": (("images", "annotations"), ("labels", "label_field", *_CSV_COLUMNS)),
     "yolo": (("annotations",), ("split",)),
     "imagefolder": (("images",), ()),
-    "csv": (("images", "labels"), ()),
+    "csv": (("images", "labels"), _CSV_COLUMNS),
     "masks": (("images", "masks"), ()),
 }
 
@@ -125,7 +132,7 @@ class DataConfig:
     """Where the data lives, the sources of each split, and how images are sized for the network."""
 
     root: str = "data/shapes"
-    synthetic: Literal["shapes"] | None = "shapes"
+    synthetic: Literal["shapes"] | None = None
     synthetic_train_images: int = 2000
     synthetic_val_images: int = 200
     train: list[SourceConfig] = field(default_factory=lambda: _shapes_split("train"))
@@ -225,7 +232,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' not found; pass an existing YAML file to --config")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file '{path}' is not text ({exc.reason} at byte {exc.start}); pass a YAML "
+                              "file to --config") from exc
+        loaded = _parse_yaml(text, f"config file '{path}'")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
         _merge(raw, loaded or {})
@@ -233,10 +245,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=5")
-        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+        _set_dotted(raw, key.strip(), _parse_yaml(text, f"override '{item}'", len(key) + 1) if text.strip() else None)
     cfg = config_from_dict(raw)
     validate(cfg)
     return cfg
+
+
+def _parse_yaml(text: str, where: str, column_offset: int = 0) -> Any:
+    """``text`` parsed as YAML; a syntax error is one line naming ``where``, the line and column (the
+    first line's columns shifted by ``column_offset``: where the text starts in an override) and the
+    problem."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = ""
+        if mark is not None:
+            at = f" at line {mark.line + 1}, column {mark.column + 1 + (column_offset if mark.line == 0 else 0)}"
+        problem = getattr(exc, "problem", None) or first_line(exc)
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from exc
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -271,12 +298,33 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+# Sizes and counts: the least value each accepts (null, where allowed, is not checked).
+_MINIMUM: dict[str, int] = {
+    "data.image_size": 32, "data.synthetic_train_images": 1, "data.synthetic_val_images": 1, "data.num_workers": 0,
+    "model.neck_channels": 1, "model.segmentation.channels": 1, "model.detection.num_convs": 0,
+    "model.detection.pre_nms_topk": 1, "model.detection.max_detections": 1,
+    "train.epochs": 1, "train.batch_size": 1, "train.max_steps_per_epoch": 1, "train.accumulate": 1,
+    "train.log_every": 1, "train.checkpoint_every": 1, "train.patience": 1,
+}
+
+
+def _get_dotted(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks the type schema cannot express."""
     if not cfg.model.tasks:
         raise ConfigError("model.tasks is empty; choose one or more of " + ", ".join(TASKS))
     if len(set(cfg.model.tasks)) != len(cfg.model.tasks):
         raise ConfigError(f"model.tasks lists a task twice: {cfg.model.tasks}")
+    for key, minimum in _MINIMUM.items():
+        value = _get_dotted(cfg, key)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{key}={value} must be >= {minimum}")
     if cfg.data.image_size % 32:
         raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of 32, e.g. "
                           f"{(cfg.data.image_size // 32 + 1) * 32}")
@@ -287,15 +335,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name}.levels={levels} must be a non-empty list of pyramid levels in 2..7")
     if cfg.model.segmentation.levels and min(cfg.model.segmentation.levels) > 3:
         raise ConfigError("model.segmentation.levels must include level 2 or 3 (the finest output)")
-    for key in ("epochs", "batch_size", "accumulate", "log_every", "checkpoint_every", "patience",
-                "max_steps_per_epoch"):
-        value = getattr(cfg.train, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"train.{key}={value} must be >= 1")
-    for key in ("lr", "backbone_lr_mult", "max_minutes"):
-        value = getattr(cfg.train, key)
+    for key in ("train.lr", "train.backbone_lr_mult", "train.max_minutes"):
+        value = _get_dotted(cfg, key)
         if value is not None and value <= 0:
-            raise ConfigError(f"train.{key}={value} must be > 0")
+            raise ConfigError(f"{key}={value} must be > 0")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1) (0 turns the EMA off)")
     _validate_run_name(cfg.run.name)
@@ -328,6 +371,10 @@ def _validate_sources(sources: list[SourceConfig], key: str) -> None:
             raise ConfigError(f"{where}: weight={source.weight} must be > 0")
         if source.labels and source.label_field:
             raise ConfigError(f"{where}: give 'labels' or 'label_field', not both")
+        for name in _CSV_COLUMNS:
+            if getattr(source, name) is not None and not source.labels:
+                raise ConfigError(f"{where}: '{name}' names a column of the 'labels' CSV, and this source reads "
+                                  f"none; give 'labels' too, or drop '{name}'")
         if source.classes is not None and source.format in ("coco", "yolo"):
             raise ConfigError(f"{where}: its file declares the classes; rename or merge them with class_map")
         if any(isinstance(k, int) for k in source.class_map or {}) and source.format not in ("masks", "files"):

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from vision_mtl.config import SourceConfig
 from vision_mtl.data import problems as kinds
-from vision_mtl.data.label_csv import read_label_csv
+from vision_mtl.data.label_csv import source_labels
 from vision_mtl.data.problems import ProblemLog
 from vision_mtl.data.reading import ReadContext
 from vision_mtl.data.records import Instances, Record, Segment, SourceIndex, checked_box
@@ -55,8 +55,11 @@ class CocoFile:
         index_of = {c["id"]: i for i, c in enumerate(categories)}
         per_image: dict[int, list[dict]] = {img["id"]: [] for img in data["images"]}
         for ann in data["annotations"]:
-            if ann.get("image_id") in per_image:
-                per_image[ann["image_id"]].append(ann)
+            image_id = ann.get("image_id") if isinstance(ann, dict) else None
+            if isinstance(image_id, (int, str)) and image_id in per_image:
+                per_image[image_id].append(ann)
+            else:
+                problems.add(self.path, kinds.UNLISTED_IMAGE)
         self.images = data["images"]
         self.instances = [
             _instances(per_image[img["id"]], img["height"], img["width"], index_of, f"{self.path} ({img['file_name']})",
@@ -115,7 +118,7 @@ def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     classes from the categories present (multi-label), a ``labels`` CSV or an image ``label_field``."""
     images_dir = ctx.folder(cfg.images, "images")
     coco = CocoFile(ctx.file(cfg.annotations, "annotations"), ctx.problems)
-    label_csv = read_label_csv(ctx.file(cfg.labels, "labels")) if cfg.labels else None
+    label_csv = source_labels(cfg, ctx)
     presence = label_csv is None and not cfg.label_field
     records = []
     for img, instances in zip(coco.images, coco.instances):

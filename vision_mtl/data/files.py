@@ -10,7 +10,7 @@ from __future__ import annotations
 from vision_mtl.config import SourceConfig
 from vision_mtl.data.coco import CocoFile
 from vision_mtl.data.image_io import list_images
-from vision_mtl.data.label_csv import read_label_csv
+from vision_mtl.data.label_csv import source_labels
 from vision_mtl.data.masks import find_mask, mask_classes
 from vision_mtl.data.reading import ReadContext
 from vision_mtl.data.records import Record, SourceIndex
@@ -20,12 +20,12 @@ from vision_mtl.errors import DataError
 def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     """Format ``files``: every image under ``images`` (sorted), labelled by whichever files list it.
 
-    COCO ``file_name`` and CSV ``file`` match the path relative to the images folder, or its base name.
+    COCO ``file_name`` and the CSV's file column match the path relative to the images folder, or its base name.
     """
     images_dir = ctx.folder(cfg.images, "images")
     masks_dir = ctx.folder(cfg.masks, "masks") if cfg.masks else None
     coco = CocoFile(ctx.file(cfg.annotations, "annotations"), ctx.problems) if cfg.annotations else None
-    labels = read_label_csv(ctx.file(cfg.labels, "labels")) if cfg.labels else None
+    labels = source_labels(cfg, ctx)
     paths = list_images(images_dir)
     if not paths:
         raise DataError(f"{ctx.name}: no images found in '{images_dir}'")

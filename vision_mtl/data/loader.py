@@ -1,9 +1,10 @@
-"""From a DataConfig to DataLoaders: synthetic data on first use, sources, class discovery, collate."""
+"""From a DataConfig to DataLoaders: synthetic data on first training, sources, class discovery, collate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -14,7 +15,8 @@ from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.sample import collate
 from vision_mtl.data.sampler import EpochSampler
 from vision_mtl.data.shapes import ensure_shapes
-from vision_mtl.data.sources import Split, read_split
+from vision_mtl.data.sources import Split, read_split, require_targets
+from vision_mtl.errors import DataError
 
 
 @dataclass
@@ -38,9 +40,20 @@ def build_data(cfg: Config, classes: dict[str, list[str]] | None = None, train: 
                rank: int = 0, world: int = 1) -> DataBundle:
     """Loaders for the val split (and train when ``train``, sharded for process ``rank`` of
     ``world``); classes come from the training sources unless given (a checkpoint's classes, so
-    evaluation uses the model's own class order)."""
-    prepare_synthetic(cfg)
+    evaluation uses the model's own class order).
+
+    Only training writes synthetic data: evaluation reads what is there, whatever its settings, so
+    it can never replace the dataset a model was trained on. Training stops at once when its split
+    has nothing to learn a task from.
+    """
+    if train:
+        prepare_synthetic(cfg)
+    elif cfg.data.synthetic and not Path(cfg.data.root).is_dir():
+        raise DataError(f"data.root '{cfg.data.root}' not found: the {cfg.data.synthetic} dataset is written by "
+                        "training (tools/train.py), never by evaluation; train first or point data.root at the data")
     train_split = read_split(cfg, "train") if train or classes is None else None
+    if train:
+        require_targets(train_split, cfg.model.tasks)
     if classes is None:
         classes = discover_classes(train_split.sources, cfg.model.tasks)
     train_loader = make_loader(cfg, train_split, classes, True, rank, world) if train else None

@@ -28,6 +28,7 @@ SEVERAL_LABELS = "several labels, single-label task"
 MASK_SIZE = "mask size differs from image"
 UNREADABLE_MASK = "unreadable mask"
 LABEL_SIZE = "annotated size differs from image"
+UNLISTED_IMAGE = "annotation of an image not in 'images'"
 
 ACTIONS: dict[str, str] = {
     MISSING_IMAGE: "image skipped",
@@ -42,7 +43,11 @@ ACTIONS: dict[str, str] = {
     MASK_SIZE: "mask skipped",
     UNREADABLE_MASK: "mask skipped",
     LABEL_SIZE: "boxes and mask skipped",
+    UNLISTED_IMAGE: "dropped",
 }
+
+# Problems with an image itself; every other kind is a problem with its labels.
+IMAGE_KINDS: tuple[str, ...] = (MISSING_IMAGE, UNREADABLE_IMAGE)
 
 # Problems found at load time, one bit each in LoadProblems.
 LOAD_KINDS: tuple[str, ...] = (UNREADABLE_IMAGE, UNREADABLE_MASK, MASK_SIZE, LABEL_SIZE, UNKNOWN_CLASS)
@@ -66,6 +71,16 @@ class ProblemLog:
     def counts(self) -> Counter:
         """Number of occurrences of each kind over the whole split."""
         return sum(self.by_file.values(), Counter())
+
+    def label_summary(self) -> str:
+        """The label problems (all but those of images), e.g. ``12 malformed label (dropped) in 3 file(s),
+        first: a.txt``; empty when there are none."""
+        files = {file: Counter({k: n for k, n in counts.items() if k not in IMAGE_KINDS})
+                 for file, counts in self.by_file.items()}
+        files = {file: counts for file, counts in files.items() if counts}
+        if not files:
+            return ""
+        return f"{describe(sum(files.values(), Counter()))} in {len(files)} file(s), first: {next(iter(files))}"
 
     def emit(self, split: str) -> None:
         """One warning line per file, then a summary line by kind."""

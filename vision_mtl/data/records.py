@@ -91,6 +91,18 @@ class SourceIndex:
             tasks.add("classification")
         return tasks
 
+    def has_target(self, record: Record, task: str) -> bool:
+        """Whether ``record`` gives ``task`` something to learn: a box (detection), a mask file or a
+        painted object (segmentation), an image-level class (classification)."""
+        if task not in self.labelled(record):
+            return False
+        if task == "classification":
+            return bool(record.classes)
+        objects = record.instances
+        if task == "detection":
+            return bool((~objects.crowd).any())
+        return record.mask_file is not None or any(s is not None and not c for s, c in zip(objects.segments, objects.crowd))
+
 
 def checked_box(box: list[float], size: tuple[int, int], where: object, problems: ProblemLog) -> list[float] | None:
     """``box`` (xyxy pixels) clipped to the image; None when nothing of it is left. Both are reported."""

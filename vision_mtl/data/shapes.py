@@ -24,6 +24,9 @@ from vision_mtl.errors import DataError
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star")
 SCENE_CLASSES: tuple[str, ...] = ("stripes", "checker", "dots", "smooth")
 GENERATOR_VERSION: int = 1
+# Written last into every generated folder: the proof that the folder is ours to replace.
+MARKER = ".vision_mtl_synthetic.json"
+GENERATOR = "vision_mtl.shapes"
 
 _SPLITS = ("train", "val")
 _MAX_OBJECTS = 4
@@ -217,30 +220,38 @@ def _write_split(out: Path, split_index: int, count: int, size: int, seed: int) 
         writer.writerows(labels)
 
 
-def _is_current(root: Path, params: dict) -> bool:
-    """Whether root holds a dataset generated with exactly these parameters."""
+def _marker(root: Path) -> dict | None:
+    """The generator's own marker in root, or None when root holds none (or one it did not write)."""
     try:
-        meta = json.loads((root / "meta.json").read_text())
+        meta = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
-        return False
-    return all(meta.get(k) == v for k, v in params.items())
+        return None
+    return meta if isinstance(meta, dict) and meta.get("generator") == GENERATOR else None
+
+
+def _is_current(root: Path, params: dict) -> bool:
+    """Whether root holds a dataset this generator wrote with exactly these parameters."""
+    meta = _marker(root)
+    return meta is not None and all(meta.get(k) == v for k, v in params.items())
 
 
 def ensure_shapes(root: str | Path, num_train: int = 2000, num_val: int = 200,
                   image_size: int = 128, seed: int = 0) -> Path:
     """Generate the dataset under root on first use (or when parameters changed); return root as Path.
 
-    Generation happens in a temporary sibling folder that is renamed into place at
-    the end, so an interrupted run never leaves a half-written dataset behind.
+    Only a missing or empty folder, or one holding this generator's marker file, is ever written:
+    anything else is the user's data and is refused. Generation happens in a temporary sibling
+    folder that is renamed into place at the end, so an interrupted run never leaves a half-written
+    dataset behind.
     """
     root = Path(root)
-    params = {"generator_version": GENERATOR_VERSION, "num_train": num_train,
+    params = {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "num_train": num_train,
               "num_val": num_val, "image_size": image_size, "seed": seed}
     if _is_current(root, params):
         return root
-    if root.exists() and not (root / "meta.json").exists() and any(root.iterdir()):
-        raise DataError(f"data.root '{root}' holds files that are not a generated shapes dataset, so it is left "
-                        "alone; set data.synthetic=null to train on them, or point data.root at a new folder")
+    if root.exists() and _marker(root) is None and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"data.root '{root}' holds files the shapes generator did not write (no {MARKER}), so it "
+                        "is left alone; set data.synthetic=null to train on them, or point data.root at a new folder")
 
     logger.info("generating shapes dataset in %s (%d images)...", root, num_train + num_val)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +262,7 @@ def ensure_shapes(root: str | Path, num_train: int = 2000, num_val: int = 200,
         for split_index, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val))):
             _write_split(tmp / split, split_index, count, image_size, seed)
         meta = {**params, "shape_classes": list(SHAPE_CLASSES), "scene_classes": list(SCENE_CLASSES)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / MARKER).write_text(json.dumps(meta, indent=2))
         if root.exists():
             os.replace(root, old)
         os.replace(tmp, root)

@@ -43,6 +43,28 @@ def read_split(cfg: Config, split: str) -> Split:
     return Split(f"data.{split}", sources, problems)
 
 
+def require_targets(split: Split, tasks: list[str]) -> None:
+    """Stop when a split has nothing to learn one of ``tasks`` from (every label of it malformed,
+    of unknown classes or empty), naming the label problems found rather than training on nothing.
+
+    A split without images, or whose sources simply do not label a task, is left to the messages
+    that say so (the dataset's and :func:`discover_classes`').
+    """
+    if not any(source.records for source in split.sources):
+        return
+    found = split.problems.label_summary()
+    for task in tasks:
+        providers = [source for source in split.sources if task in source.tasks]
+        if any(source.has_target(record, task) for source in providers for record in source.records):
+            continue
+        if not providers and not found:
+            continue
+        labelled = sum(task in source.labelled(record) for source in providers for record in source.records)
+        why = found or (f"its {labelled} labelled image(s) hold none" if labelled else "no image is labelled for it")
+        raise DataError(f"{split.name}: no image has a usable {task} label ({why}); fix the labels or drop {task} "
+                        "from model.tasks")
+
+
 def read_source(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     """One source, used for the tasks it is configured for (default: every task it labels)."""
     index = READERS[cfg.format](cfg, ctx)
@@ -53,6 +75,9 @@ def read_source(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
         if "classification" in missing and cfg.format in ("coco", "yolo"):
             hint = ("; the categories present are a multi-label target: set model.classification.multi_label=true"
                     " (or give a coco source 'labels' or 'label_field')")
+        found = ctx.problems.label_summary()
+        if found:  # e.g. a YOLO source whose polygon lines are all malformed provides no segmentation
+            hint = f" (label problems met reading data.{ctx.split}: {found}){hint}"
         raise DataError(f"{ctx.name} does not label {', '.join(sorted(missing))}; it labels "
                         f"{', '.join(sorted(index.provides)) or 'nothing'}{hint}")
     index.tasks = wanted & set(ctx.tasks)
