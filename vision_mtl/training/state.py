@@ -49,12 +49,13 @@ class Position:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG state of this process, in types ``torch.load(weights_only=True)`` accepts."""
+    """Every RNG state of this process as plain Python data (bytes, ints): what
+    ``torch.load(weights_only=True)`` accepts and ``all_gather_object`` carries between processes."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": [name, keys.tobytes(), pos, has_gauss, cached],
+             "torch": _bytes(torch.get_rng_state())}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [_bytes(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
@@ -62,10 +63,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.frombuffer(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_tensor(s) for s in state["cuda"]])
+
+
+def _bytes(state: torch.Tensor) -> bytes:
+    return state.numpy().tobytes()
+
+
+def _tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:

@@ -232,7 +232,7 @@ class Trainer:
     def _end_epoch(self) -> Evaluation:
         """Validate with the deployable weights, log, checkpoint; advance the position."""
         evaluation = self.evaluator.run(self.runner, show_progress=self.main, processes=self.processes,
-                                        examples=PLOT_EXAMPLES if self.main else 0)
+                                        examples=PLOT_EXAMPLES)  # collective: every rank asks alike
         metrics, position = evaluation.metrics, self.position
         score = self._monitored(metrics)
         improved = score > self.best_score
