@@ -25,20 +25,20 @@ import os, runpy, signal, sys
 from vision_mtl.training.trainer import Trainer
 
 target = tuple(int(v) for v in os.environ["KILL_AT"].split(","))
-save, update = Trainer._save, Trainer._update
+original_save, original_update = Trainer._save, Trainer.update
 written = []
 
-def _save(self, best=False):
-    save(self, best)
+def save(self, best=False):
+    original_save(self, best)
     if (self.position.epoch, self.position.batch) == target:
         written.append(True)
 
-def _update(self):
-    update(self)
+def update(self):
+    original_update(self)
     if written:
         os.kill(os.getpid(), signal.SIGKILL)
 
-Trainer._save, Trainer._update = _save, _update
+Trainer._save, Trainer.update = save, update
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -2,13 +2,15 @@
 
     python tools/benchmark.py model [--imgsz 320] [--batch 8] [--rounds 10] [--config cfg.yaml] [key=value ...]
     python tools/benchmark.py export [--imgsz 128] [--batch 1 8] [--rounds 10] [--weights best.pt] [key=value ...]
+    python tools/benchmark.py engine [--config cfg.yaml] [--rounds 10] [key=value ...]
     python tools/benchmark.py infer --weights best.pt [--source DIR] [--images 300] [--batch 16] [--workers 2]
                                     [--rounds 3] [--memory]
 
 model: one multi-task forward vs the three single-task models. export: the exported graph in
 onnxruntime (CPU) vs PyTorch eager, network and postprocessing (NMS, argmax) included. infer:
 folder inference throughput vs its bound max(decode only, model only); --memory adds the peak
-resident memory after 100 and after 1,000 images of one run.
+resident memory after 100 and after 1,000 images of one run. engine: one Trainer optimiser step vs a
+bare hand-written step (same model, batches, optimiser), and the trainer under bf16 (and fp16 on CUDA).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from vision_mtl.config import load_config
+from vision_mtl.benchmarks.engine import benchmark_engine
 from vision_mtl.benchmarks.model import benchmark_export, benchmark_model, random_model
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.engine.runners import load_torch_runner
@@ -34,7 +37,7 @@ logger = logging.getLogger("benchmark")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["model", "export", "infer"],
+    parser.add_argument("what", choices=["model", "export", "infer", "engine"],
                         help="model: multi-task vs three single-task models; export: onnxruntime vs torch eager; "
                              "infer: folder inference vs its bound")
     parser.add_argument("--config", help="YAML config whose model section is measured (default: shapes)")
@@ -50,7 +53,7 @@ def main() -> None:
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="export: torch.onnx exporter")
     parser.add_argument("overrides", nargs="*", help="config overrides such as model.backbone=resnet50")
     args = parser.parse_intermixed_args()
-    {"model": run_model, "export": run_export, "infer": run_infer}[args.what](args)
+    {"model": run_model, "export": run_export, "infer": run_infer, "engine": run_engine}[args.what](args)
 
 
 def run_model(args: argparse.Namespace) -> None:
@@ -100,6 +103,18 @@ def run_infer(args: argparse.Namespace) -> None:
             peaks = memory_probe(Path(args.weights), big, Path(tmp) / "memory-run", batch, args.workers, (100, 1000))
             logger.info("  peak MiB after 100 images %.1f, after 1000 %.1f, ratio %.3f", peaks[100], peaks[1000],
                         peaks[1000] / peaks[100])
+
+
+def run_engine(args: argparse.Namespace) -> None:
+    overrides = [*args.overrides, *([f"data.image_size={args.imgsz}"] if args.imgsz else []),
+                 *([f"train.batch_size={args.batch[0]}"] if args.batch else [])]
+    cfg = load_config(args.config, overrides)
+    amp_modes = ["bf16", "fp16"] if torch.cuda.is_available() and cfg.train.device != "cpu" else ["bf16"]
+    logger.info("engine benchmark: backbone %s, %dx%d, batch %d, %d rounds, %d threads, precisions fp32 %s",
+                cfg.model.backbone, cfg.data.image_size, cfg.data.image_size, cfg.train.batch_size, args.rounds,
+                torch.get_num_threads(), " ".join(amp_modes))
+    for key, value in benchmark_engine(cfg, args.rounds, amp_modes).items():
+        logger.info("  %-34s %.3f", key, value)
 
 
 if __name__ == "__main__":

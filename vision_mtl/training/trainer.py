@@ -162,7 +162,7 @@ class Trainer:
             self.run_step(batch, sync_gradients=ends_update)
             if not ends_update:
                 continue
-            self._update()
+            self.update()
             log_now = position.updates % self.cfg.train.log_every == 0
             self.monitor.step(bar, position.updates, len(batch) * accumulate * self.processes.world,
                               self._floats(self.last_losses) if log_now else None, self._lr())
@@ -177,7 +177,7 @@ class Trainer:
         return True
 
     def run_step(self, batch: Batch, sync_gradients: bool = True) -> None:
-        """Forward, losses and backward of one batch (gradients accumulate until :meth:`_update`)."""
+        """Forward, losses and backward of one batch (gradients accumulate until :meth:`update`)."""
         batch = self.augment(batch.to(self.device))
         images = batch.images.contiguous(memory_format=self.memory_format)
         no_sync = self.ddp.no_sync() if self.ddp and not sync_gradients else contextlib.nullcontext()
@@ -192,7 +192,7 @@ class Trainer:
                                                        task_losses.items() for name, v in parts.items()}}
         self.pending.append(self.last_losses)
 
-    def _update(self) -> None:
+    def update(self) -> None:
         """Clip and step, unless the gradients are not finite (the one host sync of a step)."""
         self.precision.unscale(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
