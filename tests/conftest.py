@@ -7,6 +7,7 @@ whole suite runs on a 2-core CPU in a few minutes.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -49,6 +50,16 @@ def run_tool(script: str, *args: str, timeout: float = 300) -> subprocess.Comple
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / script), *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def assert_printed_quotient(quotient: float, numerator: float, denominator: float, operand_step: float,
+                            quotient_step: float = 1e-3) -> None:
+    """``quotient`` == ``numerator`` / ``denominator`` for figures a tool printed rounded to those steps
+    (each may be off by half its step)."""
+    h = operand_step / 2
+    low = (numerator - h) / (denominator + h)
+    high = (numerator + h) / (denominator - h) if denominator > h else math.inf
+    assert low - quotient_step / 2 <= quotient <= high + quotient_step / 2, (quotient, numerator, denominator)
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import SHAPES_CLASSES, one_line
-from vision_mtl.config import Config, config_to_dict
 from vision_mtl.engine.checkpoint import (checkpoint_config, load_checkpoint, load_model, load_weights,
                                           save_checkpoint)
+from vision_mtl.engine.runners import load_torch_runner
 from vision_mtl.evaluation.saved import evaluate_weights
 from vision_mtl.errors import CheckpointError
 from vision_mtl.models import build_model
@@ -135,8 +135,34 @@ def test_evaluate_checkpoint_with_another_config_file(best, tmp_path):
     assert one_line(info.value)
 
 
-def test_checkpoint_config_round_trips(best):
-    state = load_checkpoint(best)
-    cfg = checkpoint_config(state, best)
-    assert isinstance(cfg, Config)
-    assert config_to_dict(cfg) == {**state["config"], "model": {**state["config"]["model"], "backbone_weights": None}}
+def test_a_checkpoint_loads_without_its_backbone_weights_file(tmp_path, make_config):
+    """Training may start from a pretrained backbone file (model.backbone_weights). The checkpoint
+    holds every weight, so loading it must not need that file: it is often gone, or on another machine."""
+    cfg = make_config()
+    model = build_model(cfg.model, SHAPES_CLASSES)
+    cfg.model.backbone_weights = str(tmp_path / "gone" / "resnet.safetensors")
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model, cfg, SHAPES_CLASSES)
+    loaded, loaded_cfg, _ = load_model(path)
+    runner, runner_cfg = load_torch_runner(path)  # what evaluate, export, infer and benchmark use
+    cfg.model.backbone_weights = None
+    for rebuilt, rebuilt_cfg in ((loaded, loaded_cfg), (runner.model, runner_cfg)):
+        assert rebuilt_cfg == cfg  # the checkpoint's own settings, without the weights file
+        own = rebuilt.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_saved_config_this_version_cannot_read_names_the_checkpoint(tmp_path, make_config):
+    """A checkpoint from another version (here: a renamed key) is a problem with that file, not
+    with the user's config or overrides, and the error says so."""
+    cfg = make_config()
+    path = tmp_path / "other-version.pt"
+    save_checkpoint(path, build_model(cfg.model, SHAPES_CLASSES), cfg, SHAPES_CLASSES)
+    state = load_checkpoint(path)
+    state["config"]["model"]["neck_chanels"] = state["config"]["model"].pop("neck_channels")
+    torch.save(state, path)
+    for load in (load_model, load_torch_runner):
+        with pytest.raises(CheckpointError) as info:
+            load(path)
+        assert one_line(info.value)
+        assert str(path) in str(info.value) and "model.neck_chanels" in str(info.value)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
@@ -23,7 +24,6 @@ from vision_mtl.engine.runners import OnnxRunner, TorchRunner
 from vision_mtl.export.verify import FLOAT16, FLOAT32, compare_outputs, sample_batches, verify_onnx
 from vision_mtl.errors import CheckpointError, ExportError
 from vision_mtl.models import build_model
-from vision_mtl.models.heads.detection import log_sigmoid
 
 SUBSETS = [(t,) for t in TASKS] + [(a, b) for i, a in enumerate(TASKS) for b in TASKS[i + 1:]] + [TASKS]
 OUTPUTS_OF = {"classification": ["cls_scores"], "detection": ["det_boxes", "det_scores", "det_labels", "det_num"],
@@ -180,10 +180,35 @@ def test_onnx_runner_rejects_a_foreign_graph(tmp_path):
     assert one_line(str(info.value)) and "broken.onnx" in str(info.value)
 
 
-def test_detection_scores_stay_exact_where_a_sigmoid_underflows():
-    """Scores are computed in log space: onnxruntime's Sigmoid flushes tiny values to 0."""
-    x = torch.tensor([-60.0, -30.0, -18.9, -1.0, 0.0, 5.0, 40.0])
-    torch.testing.assert_close(log_sigmoid(x), torch.nn.functional.logsigmoid(x))
+def sigmoid_in_onnxruntime(x: np.ndarray) -> np.ndarray:
+    """onnxruntime's own Sigmoid operator on ``x`` (float32)."""
+    node = helper.make_node("Sigmoid", ["x"], ["y"])
+    graph = helper.make_graph([node], "sigmoid", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x.astype(np.float32)})[0]
+
+
+def test_detection_scores_stay_exact_where_a_sigmoid_underflows(make_config, tmp_path):
+    """Candidate scores are sqrt(sigmoid(class logit) x sigmoid(centerness)). onnxruntime's Sigmoid
+    flushes results below ~2e-8 to zero (and is coarse a little above), so the graph computes them in
+    log space: run in onnxruntime, the exported scores match the exact values where a Sigmoid gives 0."""
+    cls_bias, ctr_bias = np.array([-40.0, -25.0, -18.9, -16.0]), -19.0
+    assert (sigmoid_in_onnxruntime(cls_bias) == 0).sum() == 3  # the premise: a plain Sigmoid loses them
+    model, info = tiny(make_config, ("detection",))
+    head = model.heads["detection"]
+    with torch.no_grad():  # every location gets the same logits: the biases
+        for conv, bias in ((head.cls_logits, cls_bias), (head.centerness, [ctr_bias])):
+            conv.weight.zero_()
+            conv.bias.copy_(torch.tensor(bias))
+    path = export_onnx(ExportWrapper(model, nms=False), info, tmp_path / "candidates.onnx",
+                       exporter="torchscript")  # seconds, not tens; its scoring ops are the same as dynamo's
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(0).random((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    (scores,) = session.run(["det_candidate_scores"], {"images": images})  # [1, locations, 4 classes]
+    exact = 1 / np.sqrt((1 + np.exp(-cls_bias)) * (1 + np.exp(-ctr_bias)))  # in float64: 1.5e-13 .. 2.6e-8
+    np.testing.assert_allclose(scores, np.broadcast_to(exact, scores.shape), rtol=1e-4, atol=0)
 
 
 def test_images_from_a_folder_are_prepared_like_the_loaders_do(make_config):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torchvision.ops import box_iou
@@ -86,15 +88,36 @@ def test_forward_and_predict_shapes_all_heads():
     assert preds["segmentation"]["mask"].min() >= 0 and preds["segmentation"]["mask"].max() < 5
 
 
-def test_classification_multi_label_scores_are_sigmoids():
-    head = ClassificationHead(16, 3, ClassificationConfig(multi_label=True))
-    raw = head(random_features(2))
-    scores = head.predict(raw, (SIZE, SIZE))["scores"]
-    torch.testing.assert_close(scores, raw["logits"].sigmoid())
-    targets = {"labels": torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), "valid": torch.tensor([True, True])}
-    loss = head.loss(raw, targets)["ce"]
-    torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(raw["logits"],
-                                                                                          targets["labels"]))
+LN3 = math.log(3.0)
+
+
+def test_classification_multi_label_scores_and_loss_by_hand():
+    """Per-class sigmoids and the mean binary cross-entropy over the valid rows' entries, worked out
+    by hand: sigmoid(0) = 1/2, sigmoid(+-ln 3) = 3/4, 1/4. label_smoothing is for the multi-class
+    loss only; multi-hot targets are used as they are."""
+    head = ClassificationHead(16, 3, ClassificationConfig(multi_label=True, label_smoothing=0.1))
+    logits = torch.tensor([[0.0, LN3, -LN3], [5.0, -5.0, 1.0], [LN3, -LN3, 0.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 1.0, 0.0], [float("nan"), 7.0, -1.0], [0.0, 0.0, 1.0]])  # row 1: unlabelled garbage
+    targets = {"labels": labels, "valid": torch.tensor([True, False, True])}
+    scores = head.predict({"logits": logits.detach()}, (SIZE, SIZE))["scores"]
+    torch.testing.assert_close(scores[[0, 2]], torch.tensor([[0.5, 0.75, 0.25], [0.75, 0.25, 0.5]]))
+    loss = head.loss({"logits": logits}, targets)["ce"]
+    # row 0: -ln 1/2, -ln 3/4, -ln 3/4; row 2: -ln 1/4, -ln 3/4, -ln 1/2; mean of the six
+    torch.testing.assert_close(loss, torch.tensor((4 * math.log(2) + 3 * math.log(4 / 3)) / 6))
+    (grad,) = torch.autograd.grad(loss, logits)  # (sigmoid - target) / 6 on valid rows, nothing on the other
+    torch.testing.assert_close(grad, torch.tensor([[-3.0, -1.5, 1.5], [0.0, 0.0, 0.0], [4.5, 1.5, -3.0]]) / 36)
+
+
+def test_classification_label_smoothing_by_hand():
+    """Multi-class cross-entropy with smoothing e over C classes, written as
+    (1 - e) * -log p[label] + e * mean over classes of -log p, on the valid rows only."""
+    head = ClassificationHead(16, 3, ClassificationConfig(label_smoothing=0.3))
+    # softmax of [0, ln 2, ln 5] is [1/8, 2/8, 5/8]; of [ln 3, 0, 0] it is [3/5, 1/5, 1/5]
+    logits = torch.tensor([[0.0, math.log(2), math.log(5)], [1.0, 2.0, 3.0], [LN3, 0.0, 0.0]])
+    targets = {"labels": torch.tensor([2, 99, 0]), "valid": torch.tensor([True, False, True])}
+    row0 = 0.7 * math.log(8 / 5) + 0.3 * (math.log(8) + math.log(4) + math.log(8 / 5)) / 3
+    row2 = 0.7 * math.log(5 / 3) + 0.3 * (math.log(5 / 3) + 2 * math.log(5)) / 3
+    torch.testing.assert_close(head.loss({"logits": logits}, targets)["ce"], torch.tensor((row0 + row2) / 2))
 
 
 def test_segmentation_predict_resizes_to_requested_size():

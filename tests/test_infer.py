@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 
-from conftest import REPO_ROOT, one_line, run_tool
+from conftest import REPO_ROOT, assert_printed_quotient, one_line, run_tool
 from vision_mtl.export.onnx import export_checkpoint
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.errors import ConfigError, DataError
@@ -336,11 +336,12 @@ def test_benchmark_infer_prints_the_bound_and_each_part(weights, images):
                     "--workers", "0", "--batch", "4")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    values = dict(re.findall(r"^\s+(\w[\w /]*?)\s{2,}([0-9.]+)$", output, flags=re.M))
-    assert float(values["images"]) == len(GOOD) + 1
-    for part in ("decode", "model", "pipeline"):
-        assert float(values[f"{part} s"]) > 0
-    assert 0 < float(values["bound / pipeline"]) < 10
+    values = {key: float(value) for key, value in re.findall(r"^\s+(\w[\w /]*?)\s{2,}([0-9.]+)$", output, flags=re.M)}
+    assert values["images"] == len(GOOD) + 1  # the good images and the corrupt one
+    for part in ("decode", "model", "pipeline"):  # one round: every figure follows from the printed times
+        assert_printed_quotient(values[f"{part} images/s"], values["images"], values[f"{part} s"], 1e-3)
+    bound = max(values["decode s"], values["model s"])
+    assert_printed_quotient(values["bound / pipeline"], bound, values["pipeline s"], 1e-3)
 
 
 def test_multi_label_csv_lists_the_predicted_classes_and_every_score(tmp_path):

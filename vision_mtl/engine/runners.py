@@ -19,7 +19,7 @@ import torch
 
 from vision_mtl.config import Config, config_from_dict, config_to_dict, flat_keys, load_config
 from vision_mtl.data.device_augment import to_float
-from vision_mtl.engine.checkpoint import load_checkpoint, model_from_state
+from vision_mtl.engine.checkpoint import checkpoint_config, load_checkpoint, model_from_state
 from vision_mtl.engine.export_wrapper import OUTPUTS, predictions_from_outputs
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.results import Predictions
@@ -105,8 +105,9 @@ def load_torch_runner(weights: str | Path, config: str | Path | None = None,
                       overrides: list[str] | tuple[str, ...] = ()) -> tuple[TorchRunner, Config]:
     """A checkpoint's model, rebuilt from its config with ``config``/``overrides`` on top, on ``train.device``."""
     state = load_checkpoint(weights)
-    cfg = load_config(config, overrides, base=state["config"])
-    cfg.model.backbone_weights = None  # the checkpoint holds every weight
+    base = config_to_dict(checkpoint_config(state, weights))  # an unreadable saved config names the checkpoint
+    cfg = load_config(config, overrides, base=base)
+    cfg.model.backbone_weights = None  # the checkpoint holds every weight, whatever an override says
     model = model_from_state(state, cfg, weights)
     device = resolve_device(cfg.train.device)
     info = ModelInfo.of(model, cfg, state["classes"], state.get("category_ids"))
