@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from vision_mtl.config import load_config
 from vision_mtl.errors import ConfigError
