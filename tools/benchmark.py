@@ -29,7 +29,7 @@ from vision_mtl.inference.predictor import Predictor
 from vision_mtl.engine.runners import load_torch_runner
 from vision_mtl.errors import ConfigError
 from vision_mtl.benchmarks.infer import benchmark_folder, benchmark_infer, memory_probe
-from vision_mtl.utils.cli import run_tool
+from vision_mtl.utils.cli import DEFAULT_CONFIG, run_tool
 from vision_mtl.utils.runtime import resolve_device
 
 logger = logging.getLogger("benchmark")
@@ -108,7 +108,7 @@ def run_infer(args: argparse.Namespace) -> None:
 def run_engine(args: argparse.Namespace) -> None:
     overrides = [*args.overrides, *([f"data.image_size={args.imgsz}"] if args.imgsz else []),
                  *([f"train.batch_size={args.batch[0]}"] if args.batch else [])]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
     amp_modes = ["bf16", "fp16"] if torch.cuda.is_available() and cfg.train.device != "cpu" else ["bf16"]
     logger.info("engine benchmark: backbone %s, %dx%d, batch %d, %d rounds, %d threads, precisions fp32 %s",
                 cfg.model.backbone, cfg.data.image_size, cfg.data.image_size, cfg.train.batch_size, args.rounds,

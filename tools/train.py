@@ -10,17 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from vision_mtl.config import load_config
 from vision_mtl.errors import ConfigError
 from vision_mtl.training.trainer import Trainer
-from vision_mtl.utils.cli import run_tool
+from vision_mtl.utils.cli import DEFAULT_CONFIG, run_tool
 
 logger = logging.getLogger("train")
-
-# The built-in run: the only config that asks for generated (synthetic) data.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "shapes.yaml"
 
 
 def main() -> None:

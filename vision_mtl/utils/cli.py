@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Callable
 
 from vision_mtl.errors import VisionMTLError
+
+
+# The built-in run, what tools use without --config: the only config that asks for generated data.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.yaml"
 
 
 def run_tool(main: Callable[[], object]) -> None:
