@@ -18,8 +18,8 @@ import torch
 
 from conftest import REPO_ROOT, run_tool
 
-# Runs ``tools/train.py`` after arranging a SIGKILL one optimiser step after the checkpoint at
-# (epoch, batch) = KILL_AT has been written.
+# Runs ``tools/train.py`` after arranging a signal (KILL_SIGNAL) one optimiser step after the
+# checkpoint at (epoch, batch) = KILL_AT has been written.
 KILLER = """
 import os, runpy, signal, sys
 from vision_mtl.training.trainer import Trainer
@@ -36,7 +36,8 @@ def save(self, best=False):
 def update(self):
     original_update(self)
     if written:
-        os.kill(os.getpid(), signal.SIGKILL)
+        written.clear()
+        os.kill(os.getpid(), getattr(signal, os.environ["KILL_SIGNAL"]))
 
 Trainer._save, Trainer.update = save, update
 sys.argv = [sys.argv[1], *sys.argv[2:]]
@@ -64,18 +65,28 @@ def uninterrupted(resume_overrides, tmp_path_factory) -> Path:
     return runs / "full"
 
 
-@pytest.mark.parametrize("kill_at", [(0, 2), (1, 0)], ids=["mid-epoch", "end-of-epoch"])
-def test_sigkill_then_resume_gives_the_uninterrupted_weights(kill_at, resume_overrides, uninterrupted, tmp_path):
+@pytest.mark.parametrize("kill_at, kill_signal, saved_at", [
+    ((0, 2), "SIGKILL", (0, 2)),  # the step after the checkpoint is lost with the process
+    ((1, 0), "SIGKILL", (1, 0)),
+    ((0, 2), "SIGTERM", (0, 3)),  # the step in flight finishes and is saved
+], ids=["sigkill-mid-epoch", "sigkill-end-of-epoch", "sigterm"])
+def test_stop_then_resume_gives_the_uninterrupted_weights(kill_at, kill_signal, saved_at, resume_overrides,
+                                                          uninterrupted, tmp_path):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    env = {**os.environ, "KILL_AT": f"{kill_at[0]},{kill_at[1]}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "KILL_AT": f"{kill_at[0]},{kill_at[1]}", "KILL_SIGNAL": kill_signal, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script), str(REPO_ROOT / "tools" / "train.py"), *resume_overrides,
                            f"run.dir={tmp_path}", "run.name=cut"], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
     run_dir = tmp_path / "cut"
+    if kill_signal == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+    else:
+        assert proc.returncode == 130, proc.stderr
+        assert f"stopped by SIGTERM; saved {run_dir / 'last.pt'}" in proc.stderr
+        assert f"python tools/train.py --resume {run_dir}" in proc.stderr
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["training"]["position"]
-    assert (saved["epoch"], saved["batch"]) == kill_at  # the step after it was lost with the process
+    assert (saved["epoch"], saved["batch"]) == saved_at
 
     resumed = run_tool("train.py", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr

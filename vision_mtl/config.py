@@ -170,7 +170,7 @@ class TrainConfig:
 
     ``batch_size`` is per process (``torchrun`` multiplies it by the number of processes) and per
     micro-step: one optimiser step sees ``batch_size * accumulate`` images a process. ``amp``: ``auto``
-    is bf16 where the GPU or CPU computes it natively and fp32 elsewhere; ``bf16``/``fp16`` force it (fp16
+    is bf16 on a CUDA device that supports it and fp32 elsewhere; ``bf16``/``fp16`` force it (fp16
     only on CUDA, with a gradient scaler). ``ema_decay``: 0 turns the weight EMA off; with it on,
     validation, ``best.pt`` and export use the averaged weights. ``checkpoint_every``: also write
     ``last.pt`` every N optimiser steps inside an epoch. ``patience``: stop after N epochs without a
