@@ -28,6 +28,7 @@ SEVERAL_LABELS = "several labels, single-label task"
 MASK_SIZE = "mask size differs from image"
 UNREADABLE_MASK = "unreadable mask"
 LABEL_SIZE = "annotated size differs from image"
+OUTSIDE_FOLDER = "file name leads outside the output folder"
 
 ACTIONS: dict[str, str] = {
     MISSING_IMAGE: "image skipped",
@@ -42,6 +43,7 @@ ACTIONS: dict[str, str] = {
     MASK_SIZE: "mask skipped",
     UNREADABLE_MASK: "mask skipped",
     LABEL_SIZE: "boxes and mask skipped",
+    OUTSIDE_FOLDER: "image skipped",
 }
 
 # Problems found at load time, one bit each in LoadProblems.
