@@ -61,7 +61,7 @@ def test_run_folder_holds_config_checkpoints_and_metrics(trained_run, tiny_overr
 def test_evaluate_reproduces_training_metrics(trained_run):
     proc = run_tool("evaluate.py", "--weights", str(trained_run / "best.pt"))
     assert proc.returncode == 0, proc.stderr
-    out = trained_run / "eval_best.json"  # default: beside the weights
+    out = trained_run / "eval" / "best" / "metrics.json"  # default: in the run folder
     assert out.is_file()
     evaluated = json.loads(out.read_text())
     trained = {k: v for k, v in json.loads((trained_run / "metrics.json").read_text()).items() if k != "epoch"}

@@ -44,8 +44,8 @@ def exported(best, tmp_path_factory):
 
 
 def test_detection_map_equals_pycocotools_on_the_results_file(evaluation, shapes_root, tmp_path):
-    written = save_evaluation(evaluation, tmp_path / "metrics.json")
-    assert [p.name for p in written] == ["metrics.json", "metrics_detections.json"]
+    written = save_evaluation(evaluation, tmp_path)
+    assert [p.name for p in written] == ["metrics.json", "detections.json"]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(shapes_root / "val" / "annotations.json"))
         results = gt.loadRes(str(written[1]))  # original image and category ids, or loadRes would refuse
@@ -89,10 +89,10 @@ def test_export_tool_checks_the_graph_and_reports_each_output(exported):
 
 def test_evaluate_onnx_gives_the_checkpoints_metrics(exported, evaluation, tmp_path):
     path, _ = exported
-    proc = run_tool("evaluate.py", "--weights", str(path), "--out", str(tmp_path / "onnx.json"))
+    proc = run_tool("evaluate.py", "--weights", str(path), "--out", str(tmp_path / "onnx"))
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "onnx_detections.json").is_file()
-    from_onnx = json.loads((tmp_path / "onnx.json").read_text())
+    assert (tmp_path / "onnx" / "detections.json").is_file()
+    from_onnx = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
     assert from_onnx.keys() == evaluation.metrics.keys()
     for key, value in evaluation.metrics.items():
         assert from_onnx[key] == pytest.approx(value, abs=0.002), key
@@ -108,5 +108,5 @@ def test_onnx_refuses_changed_model_settings(exported):
 
 def test_export_tool_user_error_is_one_line(best, tmp_path):
     proc = run_tool("export_onnx.py", "--weights", str(best), "--out", str(tmp_path / "m.onnx"), "--imgsz", "100")
-    assert_user_error(proc, "data.image_size=100")
+    assert_user_error(proc, "--imgsz=100", "multiple of 32")
     assert not (tmp_path / "m.onnx").exists()

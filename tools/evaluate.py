@@ -1,11 +1,13 @@
 """Evaluate a trained model, checkpoint or exported ONNX, on its validation split (or another one
 given by --config/overrides, in any dataset format the loaders read).
 
-    python tools/evaluate.py --weights runs/shapes/best.pt [--config cfg.yaml] [--out metrics.json] [key=value ...]
+    python tools/evaluate.py --weights runs/shapes/best.pt [--config cfg.yaml] [--out DIR] [key=value ...]
     python tools/evaluate.py --weights model.onnx data.val.images=... data.val.annotations=...
 
-Writes the metrics JSON (``task/metric`` keys) and, with detection, the COCO results beside it
-(``<out stem>_detections.json``, original image and category ids); prints the metrics table.
+Writes ``metrics.json`` (``task/metric`` keys) and, with detection, ``detections.json`` (COCO
+results, original image and category ids) into --out: by default ``<run>/eval/<weights stem>/`` for
+weights in a run folder (``runs/shapes/eval/best/``), else ``<weights stem>_eval/`` beside them.
+Prints the metrics table.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from vision_mtl.evaluation.saved import evaluate_weights, format_metrics, save_evaluation
+from vision_mtl.evaluation.saved import default_eval_folder, evaluate_weights, format_metrics, save_evaluation
+from vision_mtl.errors import ConfigError
 from vision_mtl.utils.cli import run_tool
+from vision_mtl.utils.outputs import check_writable
 
 logger = logging.getLogger("evaluate")
 
@@ -24,14 +28,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="checkpoint from tools/train.py or .onnx from tools/export_onnx.py")
     parser.add_argument("--config", help="YAML merged over the model's own config (e.g. another dataset)")
-    parser.add_argument("--out", help="metrics JSON path (default: eval_<weights stem>.json beside the weights)")
+    parser.add_argument("--out", help="output folder (default: <run>/eval/<weights stem>/, or <weights stem>_eval/ "
+                                      "beside weights outside a run folder)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="multi-label classification: score at which a class counts as predicted (F1)")
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.val.images=...")
     args = parser.parse_intermixed_args()
+    out = Path(args.out) if args.out else default_eval_folder(args.weights)
+    if out.suffix == ".json":
+        raise ConfigError(f"--out '{out}' names a file; give a folder (metrics.json and detections.json go inside)")
+    check_writable(out)
     evaluation = evaluate_weights(args.weights, args.config, args.overrides, args.threshold)
-    weights = Path(args.weights)
-    out = Path(args.out) if args.out else weights.with_name(f"eval_{weights.stem}.json")
     written = save_evaluation(evaluation, out)
     logger.info("%s\nwritten: %s", format_metrics(evaluation.metrics), ", ".join(map(str, written)))
 

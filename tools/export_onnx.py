@@ -1,8 +1,8 @@
 """Export a trained checkpoint to ONNX: one graph with every head, checked against PyTorch.
 
-    python tools/export_onnx.py --weights runs/shapes/best.pt --out model.onnx [--imgsz 640] [--opset N]
-                                [--dynamic] [--half] [--no-nms] [--seg-logits] [--exporter torchscript]
-                                [--images DIR] [key=value ...]
+    python tools/export_onnx.py --weights runs/shapes/best.pt --out model.onnx [--force] [--imgsz 640]
+                                [--opset N] [--dynamic] [--half] [--no-nms] [--seg-logits]
+                                [--exporter torchscript] [--images DIR] [key=value ...]
 
 Input ``images``: float [B, 3, H, W] RGB in [0, 1], letterboxed to --imgsz (normalisation is in
 the graph). The batch is always dynamic; --dynamic frees height and width (multiples of 32).
@@ -12,7 +12,8 @@ det_candidate_scores [B,N,C]; seg_mask [B,H,W] (argmax in the graph) or, with --
 seg_logits [B,K,H,W]. Tasks, class names, input size, mean/std and the training config are in the
 file's metadata_props. The graph passes onnx.checker and is compared with PyTorch through
 onnxruntime on sample images (--images, else generated; batches of 1 and 3): the tool fails if
-an output differs beyond tolerance.
+an output differs beyond tolerance. --out is written only when both checks pass, and replaces an
+existing file only with --force (never the checkpoint itself).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import argparse
 import logging
 
 from vision_mtl.export.onnx import export_checkpoint
-from vision_mtl.utils.cli import run_tool
+from vision_mtl.utils.cli import int_flag, run_tool
 
 logger = logging.getLogger("export_onnx")
 
@@ -29,8 +30,10 @@ logger = logging.getLogger("export_onnx")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True, help="checkpoint written by tools/train.py")
-    parser.add_argument("--out", required=True, help="ONNX file to write")
-    parser.add_argument("--imgsz", type=int, help="input side (multiple of 32; default: the training size)")
+    parser.add_argument("--out", required=True, help="ONNX file to write (a new file, unless --force)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--imgsz", type=int_flag("--imgsz", 32, 32),
+                        help="input side (multiple of 32; default: the training size)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--dynamic", action="store_true", help="dynamic height and width as well as batch")
     parser.add_argument("--half", action="store_true", help="float16 input and weights (postprocessing stays float32)")
@@ -44,10 +47,10 @@ def main() -> None:
     args = parser.parse_intermixed_args()
     for chatty in ("onnxscript", "onnx_ir"):  # the exporter's graph optimiser logs every rewrite at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    overrides = [*args.overrides, *([f"data.image_size={args.imgsz}"] if args.imgsz else [])]
+    overrides = [*args.overrides, *([f"data.image_size={args.imgsz}"] if args.imgsz is not None else [])]
     report = export_checkpoint(args.weights, args.out, overrides, opset=args.opset, dynamic=args.dynamic,
                                half=args.half, nms=args.nms, seg_logits=args.seg_logits, exporter=args.exporter,
-                               images=args.images)
+                               images=args.images, overwrite=args.force)
     logger.info("onnx.checker: ok\nonnxruntime vs PyTorch, largest difference per output:")
     for name, value in report.items():
         logger.info("  %-22s %.3g", name, value)

@@ -26,7 +26,7 @@ import torch
 
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.inference.pipeline import infer_folder
-from vision_mtl.utils.cli import run_tool
+from vision_mtl.utils.cli import int_flag, run_tool
 from vision_mtl.utils.distributed import Processes
 
 logger = logging.getLogger("infer")
@@ -37,12 +37,14 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="checkpoint from tools/train.py or .onnx from tools/export_onnx.py")
     parser.add_argument("--source", required=True, help="folder (recursive), glob, .txt list of paths, or one image")
     parser.add_argument("--out", required=True, help="output folder: new or empty, or an earlier run with --resume")
-    parser.add_argument("--batch", type=int, default=16, help="images per model call")
-    parser.add_argument("--imgsz", type=int, help="letterbox side (default: the training size)")
+    parser.add_argument("--batch", type=int_flag("--batch", 1), default=16, help="images per model call")
+    parser.add_argument("--imgsz", type=int_flag("--imgsz", 32, 32),
+                        help="letterbox side, a multiple of 32 (default: the training size)")
     parser.add_argument("--tasks", help="comma-separated subset of the model's tasks: cls, det, seg (default: all)")
     parser.add_argument("--conf", type=float, default=0.25, help="lowest detection score written")
     parser.add_argument("--overlays", action="store_true", help="also write overlay pictures")
-    parser.add_argument("--workers", type=int, default=2, help="background decoding processes (0: none)")
+    parser.add_argument("--workers", type=int_flag("--workers", 0), default=2,
+                        help="background decoding processes (0: none)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--device", help="auto, cpu or cuda[:N] (default: the model's config; one GPU per torchrun process)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.detection.nms_thresh=0.5")

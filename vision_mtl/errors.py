@@ -3,11 +3,19 @@
 Tools catch :class:`VisionMTLError` and print the message alone, without a traceback.
 """
 
+from __future__ import annotations
+
+import re
+
+# Terminal escape sequences (colours, cursor moves) that libraries such as torch put in messages.
+ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of an exception's message without terminal escape codes, or its type name
+    when the message is empty."""
+    text = ANSI_ESCAPE.sub("", str(exc)).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 class VisionMTLError(Exception):
@@ -32,3 +40,12 @@ class CheckpointError(VisionMTLError):
 
 class ExportError(VisionMTLError):
     """An export that failed, or an exported graph whose answers differ from PyTorch's."""
+
+
+def check_int(name: str, value: int, minimum: int, multiple: int = 1) -> int:
+    """``value`` when it is an integer >= ``minimum`` (and a multiple of ``multiple``); else a
+    :class:`ConfigError` naming ``name`` (a flag or a parameter) and what it accepts."""
+    accepts = f"an integer >= {minimum}" + (f" and a multiple of {multiple}" if multiple > 1 else "")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value % multiple:
+        raise ConfigError(f"{name}={value!r} is not accepted; give {accepts}")
+    return value

@@ -17,7 +17,7 @@ from vision_mtl.data.label_csv import source_labels
 from vision_mtl.data.problems import ProblemLog
 from vision_mtl.data.reading import ReadContext
 from vision_mtl.data.records import Instances, Record, Segment, SourceIndex, checked_box
-from vision_mtl.errors import DataError
+from vision_mtl.errors import DataError, first_line
 
 _REQUIRED = {"images": ("id", "file_name", "height", "width"), "categories": ("id", "name")}
 
@@ -30,7 +30,7 @@ def load_coco_json(path: str | Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"COCO annotations '{path}' is not valid JSON: {exc}") from exc
+        raise DataError(f"COCO annotations '{path}' is not valid JSON: {first_line(exc)}") from exc
     for key in ("images", "annotations", "categories"):
         if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise DataError(f"COCO annotations '{path}' has no '{key}' list; is it an instances file?")

@@ -20,7 +20,7 @@ import yaml
 
 from vision_mtl.data.coco import CocoFile, coco_dict
 from vision_mtl.data.image_io import image_size
-from vision_mtl.data.problems import UNREADABLE_IMAGE, ProblemLog
+from vision_mtl.data.problems import OUTSIDE_FOLDER, UNREADABLE_IMAGE, ProblemLog
 from vision_mtl.data.records import Instances
 from vision_mtl.data.yolo import DataYaml, label_path, parse_labels
 from vision_mtl.errors import DataError
@@ -40,12 +40,16 @@ def coco_to_yolo(annotations: str | Path, images: str | Path, out: str | Path, s
     if spec.get("names", coco.class_names) != coco.class_names:
         raise DataError(f"'{spec_path}' already holds other class names; write each dataset to its own folder")
     counts = Counter()
+    split_dir = out / "images" / split
     for img, instances in zip(coco.images, coco.instances):
+        target = _inside(split_dir, img["file_name"])
+        if target is None:
+            problems.add(img["file_name"], OUTSIDE_FOLDER)
+            continue
         source = images / img["file_name"]
         if not source.is_file():
             counts["images missing (skipped)"] += 1
             continue
-        target = out / "images" / split / img["file_name"]
         target.parent.mkdir(parents=True, exist_ok=True)
         if link:
             target.unlink(missing_ok=True)
@@ -64,6 +68,16 @@ def coco_to_yolo(annotations: str | Path, images: str | Path, out: str | Path, s
     problems.emit(str(annotations))
     counts.update({f"{kind} (in the COCO file)": n for kind, n in problems.counts().items()})
     return counts
+
+
+def _inside(folder: Path, file_name: str) -> Path | None:
+    """``folder / file_name`` when it stays inside ``folder`` (symlinked folders followed; the file
+    itself may be a link from an earlier ``--link`` run), else None: '../x.jpg' or '/x.jpg'
+    would write or unlink a file elsewhere."""
+    target = folder / file_name
+    if target.name in ("", ".", ".."):
+        return None
+    return target if target.parent.resolve().is_relative_to(folder.resolve()) else None
 
 
 def _yolo_lines(instances: Instances, height: int, width: int, counts: Counter) -> list[str]:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vision_mtl.errors import DataError
+from vision_mtl.errors import DataError, first_line
 
 # Raster formats Pillow or OpenCV decode (the last few, e.g. .exr/.hdr/.pfm, only through OpenCV).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
@@ -27,10 +27,10 @@ def read_image(path: str | Path) -> np.ndarray:
     except UnidentifiedImageError as exc:  # not a format Pillow knows: OpenCV may (HDR, EXR, PFM, ...)
         image = _read_with_opencv(path)
         if image is None:
-            raise DataError(f"cannot read image '{path}': {exc}") from exc
+            raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
         return image
     except _READ_ERRORS as exc:
-        raise DataError(f"cannot read image '{path}': {exc}") from exc
+        raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
 
 
 def _read_with_opencv(path: str | Path) -> np.ndarray | None:
@@ -63,7 +63,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 width, height = height, width
             return height, width
     except _READ_ERRORS as exc:
-        raise DataError(f"cannot read image '{path}': {exc}") from exc
+        raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -74,7 +74,7 @@ def read_mask(path: str | Path) -> np.ndarray:
                 raise DataError(f"mask '{path}' has mode {img.mode}; expected a single-channel class-index PNG")
             return np.asarray(img)
     except _READ_ERRORS as exc:
-        raise DataError(f"cannot read mask '{path}': {exc}") from exc
+        raise DataError(f"cannot read mask '{path}': {first_line(exc)}") from exc
 
 
 def list_images(folder: str | Path) -> list[Path]:

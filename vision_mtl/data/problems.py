@@ -29,6 +29,7 @@ MASK_SIZE = "mask size differs from image"
 UNREADABLE_MASK = "unreadable mask"
 LABEL_SIZE = "annotated size differs from image"
 UNLISTED_IMAGE = "annotation of an image not in 'images'"
+OUTSIDE_FOLDER = "file name leads outside the output folder"
 
 ACTIONS: dict[str, str] = {
     MISSING_IMAGE: "image skipped",
@@ -44,6 +45,7 @@ ACTIONS: dict[str, str] = {
     UNREADABLE_MASK: "mask skipped",
     LABEL_SIZE: "boxes and mask skipped",
     UNLISTED_IMAGE: "dropped",
+    OUTSIDE_FOLDER: "image skipped",
 }
 
 # Problems with an image itself; every other kind is a problem with its labels.

@@ -18,7 +18,7 @@ def letterbox(sample: Sample, size: int) -> Sample:
     """
     h, w = sample.image.shape[:2]
     scale = min(size / h, size / w)
-    new_h, new_w = min(size, round(h * scale)), min(size, round(w * scale))
+    new_h, new_w = content_shape((h, w), scale)
     image = _resize(sample.image, new_w, new_h, cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
     canvas[:new_h, :new_w] = image
@@ -33,6 +33,12 @@ def letterbox(sample: Sample, size: int) -> Sample:
         mask[:new_h, :new_w] = _resize(sample.mask, new_w, new_h, cv2.INTER_NEAREST)
         changes["mask"] = mask
     return sample.replace(**changes)
+
+
+def content_shape(orig_size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(height, width) of an image of ``orig_size`` on the letterbox canvas: at least one pixel each
+    way, however thin the image (a 10000x40 image at 64 px would otherwise round to no rows)."""
+    return max(1, round(orig_size[0] * scale)), max(1, round(orig_size[1] * scale))
 
 
 def _resize(array: np.ndarray, width: int, height: int, interpolation: int) -> np.ndarray:

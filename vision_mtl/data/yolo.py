@@ -22,7 +22,7 @@ from vision_mtl.data.problems import ProblemLog
 from vision_mtl.data.rasterize import segment_area
 from vision_mtl.data.reading import ReadContext
 from vision_mtl.data.records import Instances, Record, SourceIndex, checked_box
-from vision_mtl.errors import DataError
+from vision_mtl.errors import DataError, first_line
 
 
 class DataYaml:
@@ -33,7 +33,9 @@ class DataYaml:
         try:
             data = yaml.safe_load(self.path.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"cannot read YOLO data file '{self.path}': {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)  # a YAML syntax error: what and where, on one line
+            what = f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else first_line(exc)
+            raise DataError(f"cannot read YOLO data file '{self.path}': {what}") from exc
         if not isinstance(data, dict) or "names" not in data:
             raise DataError(f"YOLO data file '{self.path}' has no 'names'; expected path/train/val/names keys")
         names = data["names"]

@@ -17,10 +17,10 @@ REQUIRED_KEYS = ("model", "config", "classes")
 
 def save_checkpoint(path: str | Path, model: MultiTaskModel, cfg: Config, classes: dict[str, list[str]],
                     **extra: Any) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half-written checkpoint."""
+    """Write to a temporary file, sync and rename, so a crash or power cut never leaves a half-written checkpoint."""
     path = Path(path)
     state = {"model": model.state_dict(), "config": config_to_dict(cfg), "classes": classes, **extra}
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", fsync=True) as f:
         torch.save(state, f)
 
 

@@ -12,11 +12,16 @@ import numpy as np
 from vision_mtl.data.image_io import read_image
 from vision_mtl.data.sample import Batch, Sample, collate
 from vision_mtl.data.transforms import letterbox
+from vision_mtl.errors import DataError
 
 
 def prepare_image(image: np.ndarray, size: int, meta: dict[str, Any] | None = None) -> Sample:
     """An HxWx3 uint8 RGB image letterboxed to ``size``; ``meta`` gains ``orig_size`` and ``scale``
-    (what :func:`~vision_mtl.engine.results.split_predictions` inverts)."""
+    (what :func:`~vision_mtl.engine.results.split_predictions` inverts). An image without pixels
+    is a one-line :class:`DataError`."""
+    if image.ndim < 2 or 0 in image.shape[:2]:
+        where = f"image '{meta['path']}'" if meta and "path" in meta else "an image"
+        raise DataError(f"{where} has no pixels (shape {list(image.shape)}); give images at least 1x1")
     return letterbox(Sample(image=image, meta=dict(meta or {})), size)
 
 

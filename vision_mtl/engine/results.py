@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import clip_boxes_to_image
+
+from vision_mtl.data.transforms import content_shape
 
 Predictions = dict[str, dict[str, torch.Tensor]]  # {task: {name: batched tensor}}, as the heads' predict gives
 
@@ -49,6 +52,7 @@ def split_predictions(preds: Predictions, metas: list[dict[str, Any]]) -> list[I
     """Cut batched head predictions into per-image results at original resolution.
 
     Relies on the letterbox convention (content at the top-left, scaled by ``meta["scale"]``).
+    Boxes are clipped to the original image; those left empty (they lay in the padding) are dropped.
     """
     cpu = {task: {k: v.cpu() for k, v in p.items()} for task, p in preds.items()}
     results = []
@@ -61,10 +65,11 @@ def split_predictions(preds: Predictions, metas: list[dict[str, Any]]) -> list[I
         if "detection" in cpu:
             det = cpu["detection"]
             n = int(det["num"][i])
-            boxes = det["boxes"][i, :n].numpy() / scale
-            boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-            result.boxes, result.scores, result.labels = boxes, det["scores"][i, :n].numpy(), det["labels"][i, :n].numpy()
+            boxes = clip_boxes_to_image(det["boxes"][i, :n] / scale, (height, width))
+            # a box in the letterbox padding is empty once clipped to the image: not a detection
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            result.boxes = boxes[keep].numpy()
+            result.scores, result.labels = det["scores"][i, :n][keep].numpy(), det["labels"][i, :n][keep].numpy()
         if "segmentation" in cpu:
             mask = restore_mask(cpu["segmentation"]["mask"][i], meta)
             result.mask = mask.numpy().astype(np.uint8 if int(mask.max()) < 256 else np.int32)
@@ -76,7 +81,8 @@ def restore_mask(mask: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
     """A letterboxed [H, W] class-id mask at the image's original size: crop the content, then
     nearest-neighbour resize by integer index arithmetic (exact, and the same on every device)."""
     height, width = meta["orig_size"]
-    content = mask[: round(height * meta["scale"]), : round(width * meta["scale"])]
+    content_height, content_width = content_shape((height, width), meta["scale"])
+    content = mask[:content_height, :content_width]
     rows = torch.arange(height, device=mask.device) * content.shape[0] // height
     cols = torch.arange(width, device=mask.device) * content.shape[1] // width
     return content.index_select(0, rows).index_select(1, cols)

@@ -8,7 +8,9 @@ from pathlib import Path
 from vision_mtl.data.loader import build_data
 from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.engine.runners import load_runner
+from vision_mtl.utils.atomic import write_atomic
 from vision_mtl.utils.metrics_log import write_json
+from vision_mtl.utils.outputs import writing
 
 
 def evaluate_weights(weights: str | Path, config: str | Path | None = None,
@@ -23,16 +25,27 @@ def evaluate_weights(weights: str | Path, config: str | Path | None = None,
     return evaluator.run(runner, show_progress=progress)
 
 
-def save_evaluation(evaluation: Evaluation, out: str | Path) -> list[Path]:
-    """The metrics JSON at ``out`` and, with detection, the COCO results beside it as
-    ``<stem>_detections.json``. Returns the paths written."""
-    out = Path(out)
-    write_json(out, evaluation.metrics)
-    written = [out]
-    if evaluation.detections is not None:
-        detections = out.with_name(f"{out.stem}_detections.json")
-        detections.write_text(json.dumps(evaluation.detections))
-        written.append(detections)
+def default_eval_folder(weights: str | Path) -> Path:
+    """Where an evaluation of ``weights`` goes unless told: ``<run>/eval/<stem>/`` for weights in a
+    run folder (one with the ``config.yaml`` tools/train.py writes), else ``<stem>_eval/`` beside them."""
+    weights = Path(weights)
+    if (weights.parent / "config.yaml").is_file():
+        return weights.parent / "eval" / weights.stem
+    return weights.with_name(f"{weights.stem}_eval")
+
+
+def save_evaluation(evaluation: Evaluation, folder: str | Path) -> list[Path]:
+    """``metrics.json`` and, with detection, ``detections.json`` (COCO results) in ``folder``, each
+    written atomically. Returns the paths written."""
+    folder = Path(folder)
+    with writing(folder):
+        metrics = folder / "metrics.json"
+        write_json(metrics, evaluation.metrics)
+        written = [metrics]
+        if evaluation.detections is not None:
+            detections = folder / "detections.json"
+            write_atomic(detections, json.dumps(evaluation.detections))
+            written.append(detections)
     return written
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -22,8 +24,10 @@ from vision_mtl.engine.export_wrapper import OUTPUTS, ExportWrapper
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.runners import load_torch_runner
 from vision_mtl.export.verify import FLOAT16, FLOAT32, sample_batches, verify_onnx
-from vision_mtl.errors import CheckpointError, ExportError, first_line
+from vision_mtl.errors import CheckpointError, ConfigError, ExportError, first_line
 from vision_mtl.models import MultiTaskModel
+from vision_mtl.utils.atomic import atomic_path
+from vision_mtl.utils.outputs import check_writable, writing
 
 INPUT_DOC = "images: [B, 3, H, W] RGB in [0, 1] ({dtype}), letterboxed (scaled, padded bottom/right with 114/255)"
 Exporter = Literal["dynamo", "torchscript"]
@@ -32,17 +36,35 @@ Exporter = Literal["dynamo", "torchscript"]
 def export_checkpoint(weights: str | Path, out: str | Path, overrides: list[str] | tuple[str, ...] = (),
                       opset: int | None = None, dynamic: bool = False, half: bool = False, nms: bool = True,
                       seg_logits: bool = False, exporter: Exporter = "dynamo",
-                      images: str | Path | None = None) -> dict[str, float]:
+                      images: str | Path | None = None, overwrite: bool = False) -> dict[str, float]:
     """Export a checkpoint's model, every head in one graph, to ``out``; check the graph; compare it
     with PyTorch on sample images (``images`` folder, else generated). Returns the largest
-    difference per output; raises :class:`ExportError` when one is out of tolerance."""
+    difference per output; raises :class:`ExportError` when one is out of tolerance.
+
+    ``out`` appears only once the graph has passed both checks (written beside it, flushed to disk,
+    then renamed), so a failed export leaves what was there. It is never the checkpoint itself, and
+    an existing file is replaced only with ``overwrite``."""
+    out = Path(out)
     if Path(weights).suffix.lower() == ".onnx":
         raise CheckpointError(f"'{weights}' is already ONNX; export from the .pt checkpoint tools/train.py wrote")
+    _check_out(weights, out, overwrite)
     runner, _ = load_torch_runner(weights, overrides=overrides)
     wrapper = ExportWrapper(runner.model.cpu(), nms=nms, seg_logits=seg_logits)
-    export_onnx(wrapper, runner.info, out, opset, dynamic, half, exporter)
-    batches = sample_batches(runner.info.image_size, images, dynamic)
-    return verify_onnx(out, wrapper, batches, FLOAT16 if half else FLOAT32)
+    with writing(out.parent), atomic_path(out, fsync=True) as staged:
+        export_onnx(wrapper, runner.info, staged, opset, dynamic, half, exporter)
+        batches = sample_batches(runner.info.image_size, images, dynamic)
+        return verify_onnx(staged, wrapper, batches, FLOAT16 if half else FLOAT32)
+
+
+def _check_out(weights: str | Path, out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out`` that is the checkpoint itself, one that exists unless
+    ``overwrite``, and one whose folder cannot be written."""
+    if out.exists() and Path(weights).exists() and os.path.samefile(out, weights):
+        raise ConfigError(f"--out '{out}' is the checkpoint '{weights}' itself; choose another file for the ONNX model")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out '{out}' exists; choose another file, or replace it with --force "
+                          "(overwrite=True from Python)")
+    check_writable(out.parent)
 
 
 def export_onnx(wrapper: ExportWrapper, info: ModelInfo, path: str | Path, opset: int | None = None,
@@ -52,16 +74,21 @@ def export_onnx(wrapper: ExportWrapper, info: ModelInfo, path: str | Path, opset
     module = copy.deepcopy(wrapper).half() if half else wrapper
     size = _example_size(wrapper.model, info.image_size) if dynamic else info.image_size
     example = torch.rand(2, 3, size, size, dtype=torch.float16 if half else torch.float32)  # 2: batch 1 would be specialised
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer and deprecation chatter; the graph is verified instead
-            if exporter == "dynamo":
-                _export_dynamo(module, example, path, opset, dynamic)
-            else:
-                _export_torchscript(module, example, path, opset, dynamic)
-    except Exception as exc:  # both exporters raise many types; the first line names the failing op
-        raise ExportError(f"{exporter} export failed: {first_line(exc)}") from exc
-    _write_metadata(path, info, wrapper.output_names, "float16" if half else "float32")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The exporter may put the weights in a separate '<name>.data' file; the graph is saved again
+    # with them inside, so that scratch copy stays in a folder that goes away.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
+        raw = Path(scratch) / "model.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer and deprecation chatter; the graph is verified instead
+                if exporter == "dynamo":
+                    _export_dynamo(module, example, raw, opset, dynamic)
+                else:
+                    _export_torchscript(module, example, raw, opset, dynamic)
+        except Exception as exc:  # both exporters raise many types; the first line names the failing op
+            raise ExportError(f"{exporter} export failed: {first_line(exc)}") from exc
+        _save_with_metadata(raw, path, info, wrapper.output_names, "float16" if half else "float32")
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -99,8 +126,10 @@ def _example_size(model: MultiTaskModel, image_size: int) -> int:
     return max(image_size, 2 * 2**deepest)
 
 
-def _write_metadata(path: Path, info: ModelInfo, output_names: list[str], dtype: str) -> None:
-    model = onnx.load(str(path))
+def _save_with_metadata(raw: Path, path: Path, info: ModelInfo, output_names: list[str], dtype: str) -> None:
+    """The exported graph ``raw`` saved to ``path`` as one self-contained file, with ``info`` and the
+    input/output documentation in its metadata."""
+    model = onnx.load(str(raw))  # external weights, if any, are read in and saved inline below
     props = {**info.to_metadata(), "input": INPUT_DOC.format(dtype=dtype),
              "outputs": json.dumps({name: OUTPUTS[name][2] for name in output_names})}
     del model.metadata_props[:]

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from vision_mtl.errors import ConfigError
+from vision_mtl.errors import ConfigError, first_line
 from vision_mtl.utils.atomic import write_atomic
 
 MARKER = ".vision_mtl_infer.json"
@@ -66,7 +66,7 @@ class OutputFolder:
         try:
             saved = json.loads((self.root / MARKER).read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read '{self.root / MARKER}' ({exc}); choose another --out") from exc
+            raise ConfigError(f"cannot read '{self.root / MARKER}' ({first_line(exc)}); choose another --out") from exc
         for field in fields(InferSettings):
             ours, theirs = getattr(settings, field.name), saved.get(field.name)
             if ours != theirs:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vision_mtl.errors import check_int
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.inference.folder import InferSettings, OutputFolder
 from vision_mtl.inference.loading import file_loader
@@ -19,6 +20,7 @@ from vision_mtl.inference.sources import list_source
 from vision_mtl.inference.writer import ResultWriter
 from vision_mtl.utils.distributed import Processes
 from vision_mtl.utils.metrics_log import write_json
+from vision_mtl.utils.outputs import check_writable, writing
 from vision_mtl.utils.progress import progress
 
 
@@ -29,15 +31,20 @@ def infer_folder(predictor: Predictor, source: str | Path, out: str | Path, *, b
     """Run ``predictor`` over every image of ``source`` and write the outputs into ``out`` (see
     :mod:`vision_mtl.inference.merge` for the files). Each process takes every ``world``-th image;
     the main process merges all records at the end and returns the summary (others return None).
-    ``on_batch(n)`` is called after each batch with the number of images this process has handed on."""
+    ``on_batch(n)`` is called after each batch with the number of images this process has handed on.
+    Every setting is checked before ``out`` is touched, so a refused start leaves it as it was."""
     processes = processes or Processes.from_env()
+    check_int("batch_size", batch_size, 1)
+    check_int("workers", workers, 0)
     files = list_source(source)
     folder = OutputFolder(out)
     settings = InferSettings(weights=os.path.abspath(predictor.weights),
                              source=os.path.abspath(str(source)), tasks=predictor.tasks,
                              image_size=predictor.image_size, conf=predictor.conf, overlays=overlays)
     if processes.main:
-        folder.claim(settings, resume)
+        check_writable(out)
+        with writing(out):
+            folder.claim(settings, resume)
     processes.barrier()
     if not processes.main:
         folder.check(settings)

@@ -9,7 +9,7 @@ image's own pixels, with class names, from a checkpoint or an exported ONNX mode
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -22,7 +22,7 @@ from vision_mtl.data.sample import Batch
 from vision_mtl.engine.preprocess import prepare_images
 from vision_mtl.engine.results import ImageResult, split_predictions
 from vision_mtl.engine.runners import load_runner
-from vision_mtl.errors import ConfigError, DataError
+from vision_mtl.errors import ConfigError, DataError, check_int
 
 TASK_NAMES = {"cls": "classification", "det": "detection", "seg": "segmentation", **{t: t for t in TASKS}}
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Sequence[Union[str, Path, np.ndarray]]]
@@ -59,7 +59,9 @@ class Predictor:
                  image_size: int | None = None, device: str | None = None, overrides: Sequence[str] = ()):
         if not 0.0 <= conf <= 1.0:
             raise ConfigError(f"conf={conf} is not a score; give a value between 0 and 1")
-        extra = [*overrides, *([f"data.image_size={image_size}"] if image_size else []),
+        if image_size is not None:
+            check_int("image_size", image_size, 32, 32)
+        extra = [*overrides, *([f"data.image_size={image_size}"] if image_size is not None else []),
                  *([f"train.device={device}"] if device else [])]
         self.runner, cfg = load_runner(weights, overrides=extra)
         self.weights = Path(weights)
@@ -82,7 +84,10 @@ class Predictor:
     def predict(self, images: ImageInput, batch_size: int = 16) -> list[ImageResult]:
         """Results for an image path, a folder, a list of paths or arrays, an HxWx3 (or NxHxWx3)
         uint8 RGB array, or a [3,H,W] / [B,3,H,W] RGB tensor (uint8, or float in [0, 1]).
-        Images of any size; each result is in its own image's pixels. Unreadable files raise."""
+        Images of any size; each result is in its own image's pixels. Unreadable files raise.
+        A float tensor outside [0, 1] is refused, not guessed at: a dark 0..255 image can lie in
+        [0, 1] too, so scaling by the values seen would answer differently for similar pictures."""
+        check_int("batch_size", batch_size, 1)
         results: list[ImageResult] = []
         for chunk in _chunks(_image_items(images), batch_size):
             arrays = [read_image(item) if isinstance(item, (str, Path)) else item for item, _ in chunk]
@@ -113,19 +118,39 @@ def _image_items(images: ImageInput) -> Iterator[tuple[str | Path | np.ndarray, 
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise DataError(f"a tensor of images must be [3,H,W] or [B,3,H,W] RGB, got {list(images.shape)}")
         if batch.is_floating_point():
-            batch = (batch.clamp(0, 1) * 255).round()
+            batch = _unit_to_uint8(batch)
         yield from ((image, {}) for image in batch.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     elif isinstance(images, np.ndarray) and images.ndim == 4:
         yield from ((_rgb(image), {}) for image in images)
     elif isinstance(images, np.ndarray):
         yield _rgb(images), {}
-    else:
+    elif isinstance(images, Iterable):
         for item in images:
             yield (item, {"path": str(item)}) if isinstance(item, (str, Path)) else (_rgb(item), {})
+    else:
+        raise DataError(_not_an_image(images))
+
+
+def _unit_to_uint8(batch: torch.Tensor) -> torch.Tensor:
+    """Float RGB in [0, 1] -> uint8 0..255; other values (0..255 floats, normalised images, NaN)
+    are a one-line error rather than clamped to white or black."""
+    if batch.numel():
+        low, high = float(batch.min()), float(batch.max())
+        if not (low >= 0.0 and high <= 1.0):
+            raise DataError(f"a float image tensor must hold RGB values in [0, 1], got {low:.4g}..{high:.4g}; "
+                            "pass uint8 0..255, or divide 0..255 values by 255 (and undo any normalisation)")
+    return (batch * 255).round().to(torch.uint8)
+
+
+def _not_an_image(item: object) -> str:
+    return (f"cannot read {type(item).__name__} {item!r:.40} as an image; give a path, a folder, an HxWx3 uint8 "
+            "numpy array or an RGB tensor (or a list of them)")
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
     """HxW gray, HxWx3 RGB or HxWx4 RGBA uint8 -> HxWx3 RGB."""
+    if not isinstance(image, np.ndarray):
+        raise DataError(_not_an_image(image))
     if image.dtype != np.uint8:
         raise DataError(f"numpy images must be uint8 RGB, got {image.dtype}; scale to 0..255 first")
     if image.ndim == 2:

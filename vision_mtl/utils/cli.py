@@ -1,4 +1,4 @@
-"""Shared behaviour of the command-line tools: logging set-up and one-line user errors."""
+"""Shared behaviour of the command-line tools: logging set-up, checked integer flags and one-line user errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from vision_mtl.errors import VisionMTLError
+from vision_mtl.errors import VisionMTLError, check_int, first_line
 
 
 # The built-in run, what tools use without --config: the only config that asks for generated data.
@@ -20,8 +20,23 @@ def run_tool(main: Callable[[], object]) -> None:
     try:
         main()
     except VisionMTLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def int_flag(flag: str, minimum: int, multiple: int = 1) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer flag of at least ``minimum`` (a multiple of ``multiple``).
+    Anything else raises :func:`~vision_mtl.errors.check_int`'s one-line error, which argparse lets
+    through to :func:`run_tool` (it only catches ValueError, TypeError and ArgumentTypeError)."""
+
+    def parse(text: str) -> int:
+        try:
+            value: int | str = int(text)
+        except ValueError:
+            value = text
+        return check_int(flag, value, minimum, multiple)
+
+    return parse
