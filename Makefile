@@ -19,7 +19,7 @@ train: install
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite
 test: install
-	$(PY) -m pytest -q $(ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n auto $(ARGS) || [ $$? -eq 5 ]
 
 benchmark: install
 	$(PY) tools/benchmark.py model

@@ -191,7 +191,8 @@ def test_workers_report_each_load_problem_once_across_epochs(corpus, make_config
     logger.addHandler(handler)
     try:
         data = build_data(make_config(*corpus_overrides(root), "data.num_workers=2", "train.batch_size=2"))
-        for _ in range(4):
+        for epoch in range(4):  # as the trainer does: a new order each epoch
+            data.train.sampler.set_epoch(epoch)
             for _ in data.train:
                 pass
         dataset = data.train.dataset

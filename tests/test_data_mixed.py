@@ -104,7 +104,8 @@ def test_training_draws_follow_source_weights_and_val_goes_through_each_source_o
     cfg = mixed_config(make_config, scene_root, [light, heavy], None, "model.tasks=[classification]")
     data = build_data(cfg)
     draws = Counter()
-    for _ in range(50):
+    for epoch in range(50):
+        data.train.sampler.set_epoch(epoch)
         draws.update(data.train.dataset.source_of[list(iter(data.train.sampler))].tolist())
     assert draws[1] / draws[0] == pytest.approx(3.0, rel=0.15)
     val = data.val.dataset
@@ -115,7 +116,12 @@ def test_training_draws_follow_source_weights_and_val_goes_through_each_source_o
 
 def test_equal_weights_keep_plain_shuffling(make_config):
     data = build_data(make_config())
-    assert data.train.sampler.__class__.__name__ == "RandomSampler"
+    sampler = data.train.sampler
+    assert sampler.weights is None
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert sorted(first) == sorted(sampler) == list(range(len(data.train.dataset))) and first != list(sampler)
 
 
 def test_image_ids_stay_unique_across_sources(scene_root, make_config):

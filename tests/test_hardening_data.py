@@ -100,7 +100,7 @@ def test_evaluate_tool_with_another_image_size_keeps_the_dataset(trained_run, sh
     shutil.copytree(shapes_root, root)
     before = snapshot(root)
     proc = run_tool("evaluate.py", "--weights", str(trained_run / "best.pt"), f"data.root={root}",
-                    "data.image_size=96", "--out", str(tmp_path / "eval.json"))
+                    "data.image_size=96", "--out", str(tmp_path / "eval"))
     assert proc.returncode == 0, proc.stderr
     assert snapshot(root) == before
 

@@ -156,9 +156,9 @@ def test_non_finite_loss_skips_the_step_then_stops_with_a_user_error(make_config
     batch = next(iter(trainer.data.train))
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.model.loss = lambda raw, targets: {"classification": {"ce": raw["classification"]["logits"].sum() * float("nan")}}
-    for _ in range(MAX_BAD_STEPS - 1):
+    for step in range(MAX_BAD_STEPS - 1):
         losses = trainer.training_step(batch)
-        assert losses["loss"] == 0.0
+        assert math.isnan(losses["loss"]) and trainer.bad_steps == step + 1 and trainer.position.updates == 0
     assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())  # nothing stepped
     with pytest.raises(TrainingError) as info:
         trainer.training_step(batch)

@@ -180,6 +180,8 @@ class Trainer:
         """Forward, losses and backward of one batch (gradients accumulate until :meth:`update`)."""
         batch = self.augment(batch.to(self.device))
         images = batch.images.contiguous(memory_format=self.memory_format)
+        if not self.pending:  # the first batch of an optimiser step; gradients stay readable until the next
+            self.optimizer.zero_grad(set_to_none=True)
         no_sync = self.ddp.no_sync() if self.ddp and not sync_gradients else contextlib.nullcontext()
         with no_sync:
             with self.precision.autocast():
@@ -191,6 +193,14 @@ class Trainer:
         self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
                                                        task_losses.items() for name, v in parts.items()}}
         self.pending.append(self.last_losses)
+
+    def training_step(self, batch: Batch) -> dict[str, float]:
+        """One optimiser step on one batch (no accumulation); returns its losses as floats
+        (non-finite ones when the step was skipped)."""
+        self.run_step(batch)
+        losses = self._floats(self.last_losses)
+        self.update()
+        return losses
 
     def update(self) -> None:
         """Clip and step, unless the gradients are not finite (the one host sync of a step)."""
@@ -206,14 +216,12 @@ class Trainer:
         self.position.loss_batches += len(self.pending)
         self.pending = []
         self.precision.step(self.optimizer)
-        self.optimizer.zero_grad(set_to_none=True)
         self.position.updates += 1
         self.scheduler.step_update(self.position.updates)
         if self.ema:
             self.ema.update(self.model, step=self.position.updates)
 
     def _skip_update(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
         self.pending = []
         if self.precision.scaler:
             self.precision.scaler.update()  # lowers the fp16 loss scale after an overflow
@@ -227,7 +235,7 @@ class Trainer:
         if self.bad_steps >= MAX_BAD_STEPS:
             self._save()
             raise TrainingError(f"loss non-finite for {MAX_BAD_STEPS} steps in a row ({bad}); lower train.lr or "
-                                f"check the labels; resume from {self.run_dir}")
+                                f"check the labels; the last good state is {self.run_dir / 'last.pt'}")
 
     def _end_epoch(self) -> Evaluation:
         """Validate with the deployable weights, log, checkpoint; advance the position."""

@@ -31,11 +31,15 @@ class ClassificationHead(TaskHead):
         return {"logits": self.fc(self.dropout(pooled))}
 
     def loss(self, raw: Raw, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        valid, logits, labels = targets["valid"], raw["logits"], targets["labels"]
+        valid, labels = targets["valid"], targets["labels"]
+        # Unlabelled rows are neither read nor given a gradient: their logits and labels (-1, or
+        # anything) are replaced before the loss, so even a NaN there cannot reach the backward.
+        logits = torch.where(valid[:, None], raw["logits"], 0)
         if self.multi_label:
-            per_sample = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(dim=1)
+            labels = torch.where(valid[:, None], labels.float(), 0)
+            per_sample = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
         else:
-            labels = torch.where(valid, labels, 0)  # unlabelled samples carry -1, not a class
+            labels = torch.where(valid, labels, 0)
             per_sample = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
         return {"ce": masked_mean(per_sample, valid)}
 
