@@ -14,6 +14,7 @@ from vision_mtl.config import TrainConfig
 from vision_mtl.data.sampler import EpochSampler
 from vision_mtl.engine.checkpoint import load_checkpoint, load_model
 from vision_mtl.errors import CheckpointError, ConfigError
+from vision_mtl.evaluation.evaluator import Evaluation
 from vision_mtl.models import build_model
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
 from vision_mtl.training.precision import Precision, resolve_amp
@@ -142,3 +143,37 @@ def test_checkpoint_with_the_keys_but_wrong_contents(trained_run, tmp_path, dama
         load_model(path)
     proc = run_tool("evaluate.py", "--weights", str(path))
     assert proc.returncode == 2 and message.split("'")[1] in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gradient_accumulation_steps_once_per_group(make_config):
+    trainer = Trainer(make_config("train.epochs=1", "train.max_steps_per_epoch=4", "train.accumulate=2",
+                                  "train.plots=false"))
+    steps = []
+    update = trainer.update
+    trainer.update = lambda: (steps.append(trainer.position.batch), update())
+    trainer.fit()
+    assert steps == [2, 4] and trainer.position.updates == 2
+
+
+def test_patience_stops_when_the_monitored_metric_stops_improving(make_config, monkeypatch):
+    trainer = Trainer(make_config("train.epochs=6", "train.max_steps_per_epoch=1", "train.patience=2",
+                                  "train.monitor=segmentation/mIoU", "train.plots=false"))
+    scores = iter([0.3, 0.5, 0.4, 0.5, 0.9, 0.9])  # best at epoch 2, then two epochs without a better one
+    monkeypatch.setattr(trainer.evaluator, "run",
+                        lambda *a, **k: Evaluation({"segmentation/mIoU": next(scores)}, None))
+    metrics = trainer.fit()
+    assert trainer.position.epoch == 4 and metrics["epoch"] == 2 and metrics["segmentation/mIoU"] == 0.5
+
+
+def test_unknown_monitor_metric_is_one_line(make_config, monkeypatch):
+    trainer = Trainer(make_config("train.epochs=1", "train.max_steps_per_epoch=1", "train.monitor=detection/mAP9"))
+    with pytest.raises(ConfigError, match="train.monitor='detection/mAP9' is not a validation metric"):
+        trainer.fit()
+
+
+def test_time_budget_fits_the_number_of_epochs(make_config):
+    trainer = Trainer(make_config("train.epochs=50", "train.max_steps_per_epoch=2", "train.max_minutes=0.0001",
+                                  "train.plots=false"))
+    trainer.fit()
+    assert trainer.position.epochs == trainer.position.epoch == 1  # one epoch took longer than 6 ms
+    assert trainer.scheduler.t_initial == max(2, trainer.updates_per_epoch - trainer.scheduler.warmup_t)
