@@ -4,6 +4,7 @@ tensors when GPUs are present (DDP's gradient all-reduce), so these helpers work
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ class Processes:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not dist.is_initialized():
             dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            # Left to interpreter teardown, the group's threads can abort the process at exit
+            # ("terminate called without an active exception"): close it while Python still runs.
+            atexit.register(_close_group)
         return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
@@ -62,3 +66,7 @@ class Processes:
         dist.all_gather_object(out, value)
         return out
 
+
+def _close_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
