@@ -24,6 +24,8 @@ from vision_mtl.errors import ConfigError, first_line
 
 TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
 Task = Literal["classification", "detection", "segmentation"]
+PARTS: tuple[str, ...] = ("backbone", "neck", "heads")
+Part = Literal["backbone", "neck", "heads"]
 
 
 @dataclass
@@ -63,7 +65,13 @@ class SegmentationConfig:
 
 @dataclass
 class ModelConfig:
-    """Which tasks exist and how the shared trunk and the heads are built."""
+    """Which tasks exist and how the shared trunk and the heads are built.
+
+    Transfer (``models/transfer.py``): ``init_from`` is a ``.pt`` from tools/train.py whose weights
+    initialise the ``init_parts``; a head is taken only when the checkpoint has its task with the
+    same class names, else it is new. ``freeze`` stops training those parts (their norms stay in
+    eval mode); a head not loaded from ``init_from`` is never frozen.
+    """
 
     tasks: list[Task] = field(default_factory=lambda: list(TASKS))
     backbone: str = "resnet10t"
@@ -72,6 +80,9 @@ class ModelConfig:
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    init_from: str | None = None
+    init_parts: list[Part] = field(default_factory=lambda: list(PARTS))
+    freeze: list[Part] = field(default_factory=list)
 
 
 SourceFormat = Literal["files", "coco", "yolo", "imagefolder", "csv", "masks"]

@@ -67,7 +67,16 @@ def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:
 
 def load_weights(model: MultiTaskModel, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
     """``load_state_dict`` with a one-line summary of what does not fit, instead of a key dump."""
-    own = model.state_dict()
+    problems = fit_problems(model.state_dict(), state_dict)
+    if problems:
+        raise CheckpointError(f"checkpoint '{path}' does not fit this model config: {problems}; build the model "
+                              "from the checkpoint's own config (drop --config/overrides)")
+    model.load_state_dict(state_dict)
+
+
+def fit_problems(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state_dict`` from loading into a model whose state is ``own``, counted with one
+    example each ('' when it fits)."""
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     wrong = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}"
@@ -79,10 +88,7 @@ def load_weights(model: MultiTaskModel, state_dict: dict[str, torch.Tensor], pat
         problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
     if wrong:
         problems.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
-    if problems:
-        raise CheckpointError(f"checkpoint '{path}' does not fit this model config: " + "; ".join(problems)
-                              + "; build the model from the checkpoint's own config (drop --config/overrides)")
-    model.load_state_dict(state_dict)
+    return "; ".join(problems)
 
 
 def model_from_state(state: dict[str, Any], cfg: Config, path: str | Path) -> MultiTaskModel:

@@ -31,6 +31,7 @@ from vision_mtl.engine.runners import TorchRunner
 from vision_mtl.errors import ConfigError, VisionMTLError
 from vision_mtl.evaluation.evaluator import Evaluation, Evaluator, primary_score
 from vision_mtl.models import build_model
+from vision_mtl.models.transfer import apply_transfer, keep_frozen_in_eval
 from vision_mtl.training.monitor import Monitor
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
 from vision_mtl.training.precision import Precision
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BAD_STEPS = 10
 PLOT_EXAMPLES = 16
+INIT_REPORT = "init_report.txt"  # what model.init_from loaded, skipped or left new
 
 
 class TrainingError(VisionMTLError):
@@ -76,7 +78,9 @@ class Trainer:
         self.processes.barrier()
         self.data = build_data(cfg, classes=resume["classes"] if resume else None,
                                rank=self.processes.rank, world=self.processes.world)
-        self.model = build_model(cfg.model, self.data.classes).to(self.device)
+        self.model = build_model(cfg.model, self.data.classes)
+        self.load_report = apply_transfer(self.model, cfg.model, self.data.classes)  # init_from, freeze
+        self.model.to(self.device)
         if train.sync_bn and self.processes.world > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
@@ -101,6 +105,9 @@ class Trainer:
                                                   if self.main else None)[0])
         if self.main:
             save_config(cfg, self.run_dir / "config.yaml")
+            if self.load_report:
+                (self.run_dir / INIT_REPORT).write_text("\n".join(self.load_report.lines()) + "\n")
+                logger.info("%s; details in %s", self.load_report.summary(), self.run_dir / INIT_REPORT)
         self.monitor = Monitor(self.run_dir, self.main, train.log_every)
         self.position = Position(epochs=train.epochs)
         self.best_score, self.best_metrics = -math.inf, {}
@@ -147,6 +154,7 @@ class Trainer:
     def _train_epoch(self, stop: StopSignals) -> bool:
         """The rest of the current epoch; False when stopped by a signal."""
         self.network.train()
+        keep_frozen_in_eval(self.model)
         position, accumulate = self.position, self.cfg.train.accumulate
         sampler = self.data.train.sampler
         sampler.set_epoch(position.epoch)
