@@ -217,6 +217,16 @@ class TrainConfig:
 
 
 @dataclass
+class MTLConfig:
+    """How the task losses are combined (``vision_mtl/mtl``). ``balancer``: fixed (``train.loss_weights``),
+    uncertainty (Kendall 2018, learned), dwa (Liu 2019, from the last two epochs' losses, temperature
+    ``dwa_temperature``) or rlw (random weights each step, Lin 2021)."""
+
+    balancer: str = "fixed"
+    dwa_temperature: float = 2.0
+
+
+@dataclass
 class RunConfig:
     """Where outputs go: ``<dir>/<name>/``."""
 
@@ -231,6 +241,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mtl: MTLConfig = field(default_factory=MTLConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -346,7 +357,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name}.levels={levels} must be a non-empty list of pyramid levels in 2..7")
     if cfg.model.segmentation.levels and min(cfg.model.segmentation.levels) > 3:
         raise ConfigError("model.segmentation.levels must include level 2 or 3 (the finest output)")
-    for key in ("train.lr", "train.backbone_lr_mult", "train.max_minutes"):
+    for key in ("train.lr", "train.backbone_lr_mult", "train.max_minutes", "mtl.dwa_temperature"):
         value = _get_dotted(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value} must be > 0")

@@ -3,6 +3,8 @@ and biases, a learning-rate multiplier for the backbone, and a per-step warm-up 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
@@ -15,15 +17,20 @@ FINAL_LR_RATIO = 0.01  # the cosine ends at 1 % of train.lr
 WARMUP_START_RATIO = 0.001
 
 
-def build_optimizer(model: MultiTaskModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: MultiTaskModel, cfg: TrainConfig,
+                    extra: Iterable[torch.nn.Parameter] = ()) -> torch.optim.Optimizer:
     """``train.optimizer`` (any timm optimizer name) over two group pairs: the backbone, scaled by
     ``train.backbone_lr_mult`` (timm's schedulers honour ``lr_scale``), and the rest; in each,
-    1-d parameters (norms, biases, scales) get no weight decay."""
+    1-d parameters (norms, biases, scales) get no weight decay. ``extra`` (e.g. a task balancer's
+    learned log-variances) is one more group, without weight decay."""
     groups = []
     for module, scale in ((model.backbone, cfg.backbone_lr_mult), (model.neck, 1.0), (model.heads, 1.0)):
         for group in param_groups_weight_decay(module, cfg.weight_decay):
             if group["params"]:
                 groups.append({**group, "lr_scale": scale})
+    extra = list(extra)
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0, "lr_scale": 1.0})
     try:
         return create_optimizer_v2(groups, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     except (AssertionError, ValueError) as exc:

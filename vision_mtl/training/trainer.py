@@ -32,6 +32,7 @@ from vision_mtl.errors import ConfigError, VisionMTLError
 from vision_mtl.evaluation.evaluator import Evaluation, Evaluator, primary_score
 from vision_mtl.models import build_model
 from vision_mtl.models.transfer import apply_transfer, keep_frozen_in_eval
+from vision_mtl.mtl import build_balancer
 from vision_mtl.training.monitor import Monitor
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
 from vision_mtl.training.precision import Precision
@@ -57,8 +58,8 @@ class Trainer:
     """Trains a multi-task model from a :class:`Config` into ``run.dir/run.name``.
 
     Each step: the batch goes to the device, :class:`DeviceAugment` augments it there, the task
-    losses are summed with ``train.loss_weights`` and back-propagated (accumulated over
-    ``train.accumulate`` batches); each optimiser step clips gradients, skips and reports a
+    losses are combined by ``mtl.balancer`` (default: ``train.loss_weights``) and back-propagated
+    (accumulated over ``train.accumulate`` batches); each optimiser step clips gradients, skips and reports a
     non-finite one, steps the schedule and the EMA. Each epoch the val split is evaluated with the
     EMA weights, ``last.pt`` is written (also every ``train.checkpoint_every`` steps) and ``best.pt``
     when the monitored metric improves. Under ``torchrun`` the model is wrapped in DDP and rank 0
@@ -72,6 +73,7 @@ class Trainer:
         if not self.main:
             logging.getLogger("vision_mtl").setLevel(logging.WARNING)
         self.device = _process_device(train.device, self.processes)
+        self.balancer = build_balancer(cfg, cfg.model.tasks).to(self.device)
         seed_everything(train.seed)
         if self.main:
             prepare_synthetic(cfg)
@@ -92,7 +94,7 @@ class Trainer:
         if train.compile:
             self.network = torch.compile(self.network)
         self.precision = Precision(train.amp, self.device)
-        self.optimizer = build_optimizer(self.model, train)
+        self.optimizer = build_optimizer(self.model, train, self.balancer.parameters())
         self.batches_per_epoch = min(len(self.data.train), train.max_steps_per_epoch or len(self.data.train))
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.accumulate)
         self.scheduler = build_scheduler(self.optimizer, train, self.updates_per_epoch, train.epochs)
@@ -173,7 +175,8 @@ class Trainer:
             self.update()
             log_now = position.updates % self.cfg.train.log_every == 0
             self.monitor.step(bar, position.updates, len(batch) * accumulate * self.processes.world,
-                              self._floats(self.last_losses) if log_now else None, self._lr())
+                              {**self._floats(self.last_losses), **self._task_weights()} if log_now else None,
+                              self._lr())
             every = self.cfg.train.checkpoint_every
             if every and position.updates % every == 0 and position.batch < self.batches_per_epoch:
                 self._save()
@@ -195,8 +198,8 @@ class Trainer:
             with self.precision.autocast():
                 raw = self.network(images)
             task_losses = self.model.loss(_as_float(raw), batch.targets)  # losses in fp32
-            weights = self.cfg.train.loss_weights
-            total = sum(getattr(weights, task) * sum(parts.values()) for task, parts in task_losses.items())
+            present = {task: batch.targets[task]["valid"].any() for task in task_losses}
+            total = self.balancer({task: sum(parts.values()) for task, parts in task_losses.items()}, present)
             self.precision.scale(total / self.cfg.train.accumulate).backward()
         self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
                                                        task_losses.items() for name, v in parts.items()}}
@@ -218,6 +221,8 @@ class Trainer:
             self._skip_update()
             return
         self.bad_steps = 0
+        for param in self.balancer.parameters():  # not in DDP: average its gradients over the processes
+            self.processes.average_(param.grad)
         for losses in self.pending:  # the epoch's averages count the steps that were taken
             for key, value in losses.items():
                 self.sums[key] = self.sums.get(key, 0.0) + value
@@ -257,10 +262,13 @@ class Trainer:
         position.stale_epochs = 0 if improved else position.stale_epochs + 1
         losses = {("loss" if k == "loss" else f"train/{k}"): v / max(1, position.loss_batches)
                   for k, v in self._floats(self.sums).items()}
+        weights = self._task_weights()  # those this epoch trained with
+        self.balancer.epoch_end(self._task_means(losses))
         position.epoch, position.batch, position.loss_batches, self.sums = position.epoch + 1, 0, 0, {}
         self._fit_to_time_budget()
         self._save(best=improved)
-        self.monitor.epoch(position.updates, {"epoch": position.epoch, "lr": self._lr(), **losses, **metrics})
+        self.monitor.epoch(position.updates, {"epoch": position.epoch, "lr": self._lr(), **losses, **weights,
+                                              **metrics})
         logger.info("epoch %d/%d  loss %.3f  %s  (%.0fs so far)%s", position.epoch, position.epochs,
                     losses.get("loss", math.nan), _headline(metrics), position.train_seconds,
                     "  *best" if improved else "")
@@ -304,7 +312,7 @@ class Trainer:
                  "category_ids": self.data.category_ids}
         training = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "scaler": self.precision.state_dict(), "rng": rngs,
-                    "position": self.position.to_dict()}
+                    "position": self.position.to_dict(), "balancer": self.balancer.state_dict()}
         save_checkpoint(self.run_dir / "last.pt", self.deployable, self.cfg, self.data.classes, training=training,
                         **extra)
         if best:
@@ -317,6 +325,7 @@ class Trainer:
         if self.ema:
             load_weights(self.ema.module, state["model"], path)
         self.optimizer.load_state_dict(training["optimizer"])
+        self.balancer.load_state_dict(training.get("balancer", {}))  # absent from runs saved before balancers
         self.scheduler.load_state_dict(training["scheduler"])
         self.precision.load_state_dict(training["scaler"])
         self.position = Position(**training["position"])
@@ -337,6 +346,15 @@ class Trainer:
             if counts:
                 logger.warning("%s: %d image(s) with load problems so far: %s", problems.split,
                                sum(counts.values()), describe(counts))
+
+    def _task_means(self, losses: dict[str, float]) -> dict[str, float]:
+        """Each task's mean training loss of the epoch (its parts summed), averaged over the processes."""
+        tasks = self.balancer.tasks
+        local = [sum(v for k, v in losses.items() if k.startswith(f"train/{task}/")) for task in tasks]
+        return {task: v / self.processes.world for task, v in zip(tasks, self.processes.sum(local))}
+
+    def _task_weights(self) -> dict[str, float]:
+        return {f"weight/{task}": w for task, w in self.balancer.weights().items()}
 
     def _lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)

@@ -47,6 +47,11 @@ class Processes:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def average_(self, tensor: torch.Tensor | None) -> None:
+        """``tensor`` replaced in place by its mean over all processes (nothing to do alone, or for None)."""
+        if self.world > 1 and tensor is not None:
+            dist.all_reduce(tensor.div_(self.world))
+
     def max(self, value: float) -> float:
         if self.world == 1:
             return value
