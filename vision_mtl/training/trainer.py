@@ -2,9 +2,10 @@
 
 The loop itself stays short; each concern lives in a small collaborator: :class:`Precision`
 (autocast, fp16 scaling), timm's ``ModelEmaV3`` (weight averaging), :class:`EpochSampler` (seeded,
-sharded, resumable order), :class:`Processes` + DDP (``torchrun``), :class:`Monitor` (progress,
-TensorBoard, CSV, plots), :class:`StopSignals` (Ctrl-C / SIGTERM) and ``state.py`` (what
-``last.pt`` holds).
+sharded, resumable order), ``distributed.py`` (device, SyncBatchNorm, DDP, compile), the
+``mtl.balancer`` (how task losses combine), :class:`Monitor` (progress, TensorBoard, CSV, plots),
+:class:`StopRules` (monitor, patience, time budget), :class:`StopSignals` (Ctrl-C / SIGTERM),
+``models/transfer.py`` (init_from, freeze) and ``state.py`` (what ``last.pt`` holds).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import torch
 from timm.utils import ModelEmaV3
-from torch.nn.parallel import DistributedDataParallel
 
 from vision_mtl.config import Config, save_config
 from vision_mtl.data.device_augment import DeviceAugment
@@ -28,20 +28,22 @@ from vision_mtl.data.sample import Batch
 from vision_mtl.engine.checkpoint import load_weights, save_checkpoint
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.runners import TorchRunner
-from vision_mtl.errors import ConfigError, VisionMTLError
-from vision_mtl.evaluation.evaluator import Evaluation, Evaluator, primary_score
+from vision_mtl.errors import VisionMTLError
+from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.models import build_model
 from vision_mtl.models.transfer import apply_transfer, keep_frozen_in_eval
 from vision_mtl.mtl import build_balancer
+from vision_mtl.training.distributed import process_device, replicate, with_sync_bn
 from vision_mtl.training.monitor import Monitor
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
 from vision_mtl.training.precision import Precision
 from vision_mtl.training.signals import StopSignals
+from vision_mtl.training.stopping import StopRules
 from vision_mtl.training.state import Position, load_run, resumed_config, rng_state, set_rng_state
 from vision_mtl.utils.distributed import Processes
 from vision_mtl.utils.metrics_log import write_json
 from vision_mtl.utils.progress import progress
-from vision_mtl.utils.runtime import new_run_dir, resolve_device, seed_everything
+from vision_mtl.utils.runtime import new_run_dir, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class Trainer:
         self.main = self.processes.main
         if not self.main:
             logging.getLogger("vision_mtl").setLevel(logging.WARNING)
-        self.device = _process_device(train.device, self.processes)
+        self.device = process_device(train.device, self.processes)
         self.balancer = build_balancer(cfg, cfg.model.tasks).to(self.device)
         seed_everything(train.seed)
         if self.main:
@@ -83,16 +85,11 @@ class Trainer:
         self.model = build_model(cfg.model, self.data.classes)
         self.load_report = apply_transfer(self.model, cfg.model, self.data.classes)  # init_from, freeze
         self.model.to(self.device)
-        if train.sync_bn and self.processes.world > 1:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = with_sync_bn(self.model, train.sync_bn, self.processes)
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = ModelEmaV3(self.model, decay=train.ema_decay, use_warmup=True) if train.ema_decay else None
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None) if self.processes.world > 1 else None)
-        self.network = self.ddp or self.model
-        if train.compile:
-            self.network = torch.compile(self.network)
+        self.ddp, self.network = replicate(self.model, self.processes, self.device, train.compile)
         self.precision = Precision(train.amp, self.device)
         self.optimizer = build_optimizer(self.model, train, self.balancer.parameters())
         self.batches_per_epoch = min(len(self.data.train), train.max_steps_per_epoch or len(self.data.train))
@@ -111,6 +108,7 @@ class Trainer:
                 (self.run_dir / INIT_REPORT).write_text("\n".join(self.load_report.lines()) + "\n")
                 logger.info("%s; details in %s", self.load_report.summary(), self.run_dir / INIT_REPORT)
         self.monitor = Monitor(self.run_dir, self.main, train.log_every)
+        self.stopping = StopRules(train)
         self.position = Position(epochs=train.epochs)
         self.best_score, self.best_metrics = -math.inf, {}
         self.sums: dict[str, torch.Tensor] = {}  # loss sums of the epoch's taken steps, on the device
@@ -148,7 +146,7 @@ class Trainer:
                 evaluation = self._end_epoch()
                 if self.position.epoch == first_epoch + 1:
                     self._report_load_problems()
-                if self._should_stop():
+                if self.stopping.patience_over(self.position, self.best_metrics.get("epoch")):
                     break
         self.monitor.finish(evaluation, self.data.classes, self.cfg.train.plots)
         return self.best_metrics
@@ -255,7 +253,7 @@ class Trainer:
         evaluation = self.evaluator.run(self.runner, show_progress=self.main, processes=self.processes,
                                         examples=PLOT_EXAMPLES)  # collective: every rank asks alike
         metrics, position = evaluation.metrics, self.position
-        score = self._monitored(metrics)
+        score = self.stopping.score(metrics)
         improved = score > self.best_score
         if improved:
             self.best_score, self.best_metrics = score, {"epoch": position.epoch + 1, **metrics}
@@ -274,33 +272,12 @@ class Trainer:
                     "  *best" if improved else "")
         return evaluation
 
-    def _monitored(self, metrics: dict[str, float]) -> float:
-        key = self.cfg.train.monitor
-        if key is None:
-            return primary_score(metrics)
-        if key not in metrics:
-            raise ConfigError(f"train.monitor={key!r} is not a validation metric of this run; choose one of "
-                              f"{', '.join(k for k in metrics if k.count('/') == 1)}")
-        return metrics[key]
-
-    def _should_stop(self) -> bool:
-        patience = self.cfg.train.patience
-        if patience and self.position.stale_epochs >= patience:
-            logger.info("no better %s for %d epochs: stopping early (best: epoch %s)",
-                        self.cfg.train.monitor or "mean headline metric", patience, self.best_metrics.get("epoch"))
-            return True
-        return False
-
     def _fit_to_time_budget(self) -> None:
-        """With ``train.max_minutes``: as many epochs as the mean epoch time so far fits in it, and
-        the cosine schedule stretched or shrunk to end there."""
-        budget = self.cfg.train.max_minutes
-        if not budget:
-            return
-        position = self.position
-        per_epoch = position.train_seconds / max(1, position.epoch)
-        position.epochs = max(position.epoch, int(budget * 60 / per_epoch))
-        fit_schedule(self.scheduler, position.epochs * self.updates_per_epoch)
+        """The epoch count a ``train.max_minutes`` budget allows, and the cosine fitted to it."""
+        epochs = self.stopping.fitted_epochs(self.position)
+        if epochs is not None:
+            self.position.epochs = epochs
+            fit_schedule(self.scheduler, epochs * self.updates_per_epoch)
 
     def _save(self, best: bool = False) -> None:
         """``last.pt`` (and ``best.pt``) on rank 0; every rank hands over its RNG states."""
@@ -366,15 +343,6 @@ class Trainer:
             return {}
         stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values.values()]).cpu()
         return dict(zip(values, stacked.tolist()))
-
-
-def _process_device(name: str, processes: Processes) -> torch.device:
-    """``train.device``, and under ``torchrun`` with CUDA this process's own GPU (LOCAL_RANK)."""
-    device = resolve_device(name)
-    if device.type == "cuda" and processes.world > 1:
-        device = torch.device("cuda", processes.local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 def _as_float(raw: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
