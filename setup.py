@@ -24,6 +24,7 @@ setup(
         "onnxscript>=0.5",  # torch.onnx.export(dynamo=True), the default exporter
         "tensorboard>=2.16",
         "matplotlib>=3.8",
+        "kornia>=0.7,<1",  # batched device augmentation (data/device_augment.py)
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
 )

@@ -168,11 +168,37 @@ class LossWeights:
 
 @dataclass
 class AugmentConfig:
-    """Batched augmentation applied on the training device."""
+    """Batched augmentation on the training device (``vision_mtl/data/device_augment.py``, on kornia).
 
-    hflip: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
+    ``preset`` fills in every key left null (``vision_mtl/data/augment_presets.py``): ``none``;
+    ``light`` (flip, brightness/contrast); ``default`` (adds random resized crop, affine, colour, blur,
+    noise, grayscale); ``strong`` (the same, wider and more often). A key set explicitly overrides its
+    preset value. Probabilities per sample: hflip, crop, affine, blur, noise, grayscale. crop_scale:
+    [min, max] area fraction the crop keeps; rotate, shear: +- degrees; translate: +- fraction of the
+    size; scale: [min, max] zoom of the affine; brightness, contrast, saturation, hue: jitter strengths;
+    blur_sigma: [min, max]; noise_std: on [0, 1] images; min_box_area: a box keeping less than this
+    fraction of its (transformed) area inside the image is dropped.
+    """
+
+    preset: Literal["none", "light", "default", "strong"] = "light"
+    hflip: float | None = None
+    crop: float | None = None
+    crop_scale: list[float] | None = None
+    affine: float | None = None
+    rotate: float | None = None
+    shear: float | None = None
+    translate: float | None = None
+    scale: list[float] | None = None
+    min_box_area: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
+    blur: float | None = None
+    blur_sigma: list[float] | None = None
+    noise: float | None = None
+    noise_std: float | None = None
+    grayscale: float | None = None
 
 
 @dataclass
