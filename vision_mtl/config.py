@@ -246,7 +246,8 @@ class TrainConfig:
 class MTLConfig:
     """How the task losses are combined (``vision_mtl/mtl``). ``balancer``: fixed (``train.loss_weights``),
     uncertainty (Kendall 2018, learned), dwa (Liu 2019, from the last two epochs' losses, temperature
-    ``dwa_temperature``) or rlw (random weights each step, Lin 2021)."""
+    ``dwa_temperature``) or rlw (random weights each step, Lin 2021); or a gradient aggregator (TorchJD):
+    pcgrad, upgrad, mgda, imtl_g, aligned_mtl."""
 
     balancer: str = "fixed"
     dwa_temperature: float = 2.0

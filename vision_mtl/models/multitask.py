@@ -44,7 +44,15 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, Raw]:
         """Raw outputs of every head, or only of ``tasks`` (inference that needs fewer answers)."""
-        features = self.neck(self.backbone((images - self.mean) / self.std))
+        return self.heads_forward(self.features(images), tasks)
+
+    def features(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The shared representation: the pyramid ``{level: [B, C, H, W]}`` every head reads
+        (gradient balancers aggregate the task Jacobians with respect to it)."""
+        return self.neck(self.backbone((images - self.mean) / self.std))
+
+    def heads_forward(self, features: dict[int, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, Raw]:
+        """Raw outputs of the heads of ``tasks`` (all by default) on the shared ``features``."""
         return {task: self.heads[task](features) for task in (tasks or self.tasks)}
 
     def loss(self, raw: dict[str, Raw], targets: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:

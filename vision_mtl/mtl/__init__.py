@@ -1,5 +1,9 @@
-"""Multi-task learning: how the per-task losses are combined into the one loss a step minimises."""
+"""Multi-task learning: how the per-task losses, or their gradients, are combined into one update."""
 
 from vision_mtl.mtl.balancers import BALANCERS, Balancer, build_balancer
+from vision_mtl.mtl.gradients import GRADIENT_BALANCERS, GradientBalancer, check_trainable, independent
 
-__all__ = ["BALANCERS", "Balancer", "build_balancer"]
+BALANCERS.update(GRADIENT_BALANCERS)
+
+__all__ = ["BALANCERS", "GRADIENT_BALANCERS", "Balancer", "GradientBalancer", "build_balancer", "check_trainable",
+           "independent"]

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 
 class Balancer(nn.Module):
-    """Combines ``{task: loss}`` into one loss; its state (parameters, buffers) goes in ``last.pt``."""
+    """Combines ``{task: loss}`` into one loss; its state (parameters, buffers) goes in ``last.pt``.
+    One that ``owns_backward`` (``gradients.py``) back-propagates the losses itself with ``backward``."""
+
+    owns_backward = False
 
     def __init__(self, tasks: list[str]):
         super().__init__()

@@ -32,7 +32,7 @@ from vision_mtl.errors import VisionMTLError
 from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.models import build_model
 from vision_mtl.models.transfer import apply_transfer, keep_frozen_in_eval
-from vision_mtl.mtl import build_balancer
+from vision_mtl.mtl import build_balancer, check_trainable, independent
 from vision_mtl.training.distributed import process_device, replicate, with_sync_bn
 from vision_mtl.training.monitor import Monitor
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
@@ -76,6 +76,8 @@ class Trainer:
             logging.getLogger("vision_mtl").setLevel(logging.WARNING)
         self.device = process_device(train.device, self.processes)
         self.balancer = build_balancer(cfg, cfg.model.tasks).to(self.device)
+        if self.balancer.owns_backward:
+            check_trainable(cfg, self.processes.world)
         seed_everything(train.seed)
         if self.main:
             prepare_synthetic(cfg)
@@ -192,13 +194,21 @@ class Trainer:
         if not self.pending:  # the first batch of an optimiser step; gradients stay readable until the next
             self.optimizer.zero_grad(set_to_none=True)
         no_sync = self.ddp.no_sync() if self.ddp and not sync_gradients else contextlib.nullcontext()
+        owns_backward = self.balancer.owns_backward
         with no_sync:
-            with self.precision.autocast():
-                raw = self.network(images)
+            with self.precision.autocast():  # a gradient balancer needs the shared features (one process)
+                features = independent(self.model.features(images)) if owns_backward else None
+                raw = self.model.heads_forward(features) if owns_backward else self.network(images)
             task_losses = self.model.loss(_as_float(raw), batch.targets)  # losses in fp32
             present = {task: batch.targets[task]["valid"].any() for task in task_losses}
-            total = self.balancer({task: sum(parts.values()) for task, parts in task_losses.items()}, present)
-            self.precision.scale(total / self.cfg.train.accumulate).backward()
+            task_sums = {task: sum(parts.values()) for task, parts in task_losses.items()}
+            total = self.balancer(task_sums, present)
+            if owns_backward:
+                shared = [*self.model.backbone.parameters(), *self.model.neck.parameters()]
+                self.balancer.backward(task_sums, present, list(features.values()), shared,
+                                       scale=1 / self.cfg.train.accumulate)
+            else:
+                self.precision.scale(total / self.cfg.train.accumulate).backward()
         self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
                                                        task_losses.items() for name, v in parts.items()}}
         self.pending.append(self.last_losses)
