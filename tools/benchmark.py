@@ -3,6 +3,8 @@
     python tools/benchmark.py model [--imgsz 320] [--batch 8] [--rounds 10] [--config cfg.yaml] [key=value ...]
     python tools/benchmark.py export [--imgsz 128] [--batch 1 8] [--rounds 10] [--weights best.pt] [key=value ...]
     python tools/benchmark.py engine [--config cfg.yaml] [--rounds 10] [key=value ...]
+    python tools/benchmark.py onnx --onnx fp32.onnx int8.onnx [--batch 1 8] [--rounds 10]
+    python tools/benchmark.py precision --weights best.pt [--batch 1 8] [--rounds 10]
     python tools/benchmark.py infer --weights best.pt [--source DIR] [--images 300] [--batch 16] [--workers 2]
                                     [--rounds 3] [--memory]
 
@@ -11,6 +13,8 @@ onnxruntime (CPU) vs PyTorch eager, network and postprocessing (NMS, argmax) inc
 folder inference throughput vs its bound max(decode only, model only); --memory adds the peak
 resident memory after 100 and after 1,000 images of one run. engine: one Trainer optimiser step vs a
 bare hand-written step (same model, batches, optimiser), and the trainer under bf16 (and fp16 on CUDA).
+onnx: exported graphs of one model (e.g. float32 and --int8) in onnxruntime (CPU), side by side.
+precision: a checkpoint in PyTorch, float32 vs bf16 autocast (forced, whatever the CPU supports).
 """
 
 from __future__ import annotations
@@ -24,20 +28,21 @@ import torch
 
 from vision_mtl.config import load_config
 from vision_mtl.benchmarks.engine import benchmark_engine
-from vision_mtl.benchmarks.model import benchmark_export, benchmark_model, random_model
+from vision_mtl.benchmarks.model import (benchmark_export, benchmark_model, benchmark_onnx_files, benchmark_precision,
+                                         random_model)
 from vision_mtl.inference.predictor import Predictor
-from vision_mtl.engine.runners import load_torch_runner
+from vision_mtl.engine.runners import OnnxRunner, TorchRunner, load_torch_runner
 from vision_mtl.errors import ConfigError
 from vision_mtl.benchmarks.infer import benchmark_folder, benchmark_infer, memory_probe
 from vision_mtl.utils.cli import DEFAULT_CONFIG, run_tool
-from vision_mtl.utils.runtime import resolve_device
+from vision_mtl.utils.runtime import cpu_has_bf16, resolve_device
 
 logger = logging.getLogger("benchmark")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["model", "export", "infer", "engine"],
+    parser.add_argument("what", choices=["model", "export", "infer", "engine", "onnx", "precision"],
                         help="model: multi-task vs three single-task models; export: onnxruntime vs torch eager; "
                              "infer: folder inference vs its bound")
     parser.add_argument("--config", help="YAML config whose model section is measured (default: shapes)")
@@ -51,9 +56,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="infer: decoding processes")
     parser.add_argument("--memory", action="store_true", help="infer: also peak memory after 100 and 1,000 images")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="export: torch.onnx exporter")
+    parser.add_argument("--onnx", nargs="+", type=Path, help="onnx: the exported files to time (ratios to the first)")
     parser.add_argument("overrides", nargs="*", help="config overrides such as model.backbone=resnet50")
     args = parser.parse_intermixed_args()
-    {"model": run_model, "export": run_export, "infer": run_infer, "engine": run_engine}[args.what](args)
+    {"model": run_model, "export": run_export, "infer": run_infer, "engine": run_engine,
+     "onnx": run_onnx, "precision": run_precision}[args.what](args)
 
 
 def run_model(args: argparse.Namespace) -> None:
@@ -83,6 +90,30 @@ def run_export(args: argparse.Namespace) -> None:
         logger.info("  batch %-3d torch ms %9.2f   onnxruntime ms %9.2f   ratio onnxruntime / torch %.3f",
                     row["batch"], row["torch ms"], row["onnxruntime ms"], row["ratio onnxruntime / torch"])
 
+
+def run_onnx(args: argparse.Namespace) -> None:
+    if not args.onnx:
+        raise ConfigError("benchmark onnx needs --onnx: exported files of one model, e.g. fp32.onnx int8.onnx")
+    runners = [OnnxRunner(path) for path in args.onnx]  # each must be a vision_mtl graph
+    size = args.imgsz or runners[0].info.image_size
+    logger.info("onnx benchmark: %s, %dx%d, %d rounds, CPU, %d threads",
+                ", ".join(f"{p} ({r.precision})" for p, r in zip(args.onnx, runners)), size, size, args.rounds,
+                torch.get_num_threads())
+    for row in benchmark_onnx_files(args.onnx, size, args.batch or [1, 8], args.rounds):
+        logger.info("  %s", "   ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+
+def run_precision(args: argparse.Namespace) -> None:
+    if not args.weights:
+        raise ConfigError("benchmark precision needs --weights: a checkpoint, e.g. runs/shapes/best.pt")
+    overrides = [*args.overrides, *([f"data.image_size={args.imgsz}"] if args.imgsz else [])]
+    fp32, _ = load_torch_runner(args.weights, args.config, overrides)
+    bf16 = TorchRunner(fp32.model, fp32.info, fp32.device, precision="bf16")
+    logger.info("precision benchmark: %s, %dx%d, %d rounds, %s, %d threads, native bf16 on this CPU: %s",
+                args.weights, fp32.info.image_size, fp32.info.image_size, args.rounds, fp32.device,
+                torch.get_num_threads(), cpu_has_bf16())
+    for row in benchmark_precision(fp32, bf16, args.batch or [1, 8], args.rounds):
+        logger.info("  batch %-3d fp32 ms %9.2f   bf16 ms %9.2f   ratio bf16 / fp32 %.3f",
+                    row["batch"], row["fp32 ms"], row["bf16 ms"], row["ratio bf16 / fp32"])
 
 
 def run_infer(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
     python tools/export_onnx.py --weights runs/shapes/best.pt --out model.onnx [--force] [--imgsz 640]
                                 [--opset N] [--dynamic] [--half] [--no-nms] [--seg-logits]
                                 [--exporter torchscript] [--images DIR] [key=value ...]
+                                [--int8 [--calib DIR | --calib-images N]]
 
 Input ``images``: float [B, 3, H, W] RGB in [0, 1], letterboxed to --imgsz (normalisation is in
 the graph). The batch is always dynamic; --dynamic frees height and width (multiples of 32).
@@ -14,6 +15,13 @@ file's metadata_props. The graph passes onnx.checker and is compared with PyTorc
 onnxruntime on sample images (--images, else generated; batches of 1 and 3): the tool fails if
 an output differs beyond tolerance. --out is written only when both checks pass, and replaces an
 existing file only with --force (never the checkpoint itself).
+
+--int8: the float32 graph, checked as above, is quantised with onnxruntime's static quantisation
+(QDQ, per-channel int8 weights; only the Conv/MatMul/Gemm ops, so NMS, top-k and argmax stay float32),
+calibrated on the first --calib-images images (default 64) of --calib DIR, else of the config's
+val split. Quantisation moves scores on purpose, so instead of failing the tool reports how the
+int8 graph differs from the float32 one on the check images, and the change of each val-split
+metric (tools/evaluate.py on either file; skipped with a warning where the val split is unreadable). metadata_props "precision" says int8 (float32, float16 otherwise).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from vision_mtl.errors import ConfigError
 from vision_mtl.export.onnx import export_checkpoint
 from vision_mtl.utils.cli import int_flag, run_tool
 
@@ -43,15 +52,27 @@ def main() -> None:
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="torch.onnx exporter: torch.export based (default) or the legacy TorchScript one")
     parser.add_argument("--images", help="folder whose first 3 images the check runs on (default: generated images)")
+    parser.add_argument("--int8", action="store_true", help="quantise to int8 (static, QDQ, per-channel weights)")
+    parser.add_argument("--calib", help="--int8: folder of calibration images (default: the val split)")
+    parser.add_argument("--calib-images", type=int_flag("--calib-images", 1), default=64,
+                        help="--int8: number of calibration images (default 64)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.detection.score_thresh=0.3")
     args = parser.parse_intermixed_args()
     for chatty in ("onnxscript", "onnx_ir"):  # the exporter's graph optimiser logs every rewrite at INFO
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    if not args.int8 and (args.calib or args.calib_images != 64):
+        raise ConfigError("--calib and --calib-images only apply with --int8; add --int8 or leave them out")
     overrides = [*args.overrides, *([f"data.image_size={args.imgsz}"] if args.imgsz is not None else [])]
     report = export_checkpoint(args.weights, args.out, overrides, opset=args.opset, dynamic=args.dynamic,
                                half=args.half, nms=args.nms, seg_logits=args.seg_logits, exporter=args.exporter,
-                               images=args.images, overwrite=args.force)
-    logger.info("onnx.checker: ok\nonnxruntime vs PyTorch, largest difference per output:")
+                               images=args.images, overwrite=args.force, int8=args.int8, calib=args.calib,
+                               calib_images=args.calib_images)
+    if args.int8:
+        logger.info("onnx.checker: ok; float32 graph matches PyTorch\nint8 vs float32 graph on the check images "
+                    "(det_matched: float32 detections found again, same class, IoU >= 0.5; seg_agreement: "
+                    "mask pixels of the same class; others: largest difference) and on the val split (metric change):")
+    else:
+        logger.info("onnx.checker: ok\nonnxruntime vs PyTorch, largest difference per output:")
     for name, value in report.items():
         logger.info("  %-22s %.3g", name, value)
     logger.info("written: %s", args.out)

@@ -2,7 +2,7 @@
 
     python tools/infer.py --weights runs/shapes/best.pt --source DIR|GLOB|LIST.txt|IMAGE --out DIR
                           [--batch 16] [--imgsz 640] [--tasks cls,det,seg] [--conf 0.25] [--overlays]
-                          [--workers 2] [--resume] [key=value ...]
+                          [--workers 2] [--resume] [--precision fp32|bf16|auto] [key=value ...]
     torchrun --nproc_per_node 4 tools/infer.py ...      # shards the images over 4 processes
 
 Outputs in --out (the layout of the source is kept under masks/ and overlays/):
@@ -47,6 +47,9 @@ def main() -> None:
                         help="background decoding processes (0: none)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--device", help="auto, cpu or cuda[:N] (default: the model's config; one GPU per torchrun process)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="checkpoints: bf16 autocast where the CPU/GPU computes bfloat16 natively "
+                             "(auto, bf16), fp32 elsewhere")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.detection.nms_thresh=0.5")
     args = parser.parse_intermixed_args()
     processes = Processes.from_env()
@@ -54,7 +57,7 @@ def main() -> None:
     if device is None and processes.world > 1 and torch.cuda.is_available():
         device = f"cuda:{processes.local_rank}"
     predictor = Predictor(args.weights, tasks=args.tasks, conf=args.conf, image_size=args.imgsz, device=device,
-                          overrides=args.overrides)
+                          precision=args.precision, overrides=args.overrides)
     summary = infer_folder(predictor, args.source, args.out, batch_size=args.batch, workers=args.workers,
                            overlays=args.overlays, resume=args.resume, processes=processes)
     if summary is not None:

@@ -16,6 +16,7 @@ from vision_mtl.config import TASKS, Config
 from vision_mtl.export.onnx import export_onnx
 from vision_mtl.engine.export_wrapper import ExportWrapper
 from vision_mtl.engine.model_info import ModelInfo
+from vision_mtl.engine.runners import TorchRunner
 from vision_mtl.models import MultiTaskModel, build_model
 
 RANDOM_CLASSES = {"classification": ["c"] * 4, "detection": ["d"] * 4, "segmentation": ["s"] * 5}
@@ -98,3 +99,38 @@ def _forward(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], objec
         with torch.inference_mode():
             return model(images)
     return run
+
+
+def benchmark_onnx_files(paths: list[Path], image_size: int, batch_sizes: list[int],
+                         rounds: int) -> list[dict[str, float]]:
+    """Exported graphs (e.g. float32 and int8 of one model) in onnxruntime CPU sessions on the same
+    random images, per batch size: median ms of each file and the median per-round ratio of each to
+    the first."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see benchmark_export
+    sessions = {str(p): ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths}
+    rows = []
+    for batch in batch_sizes:
+        feed = {"images": torch.rand(batch, 3, image_size, image_size).numpy()}
+        times = interleaved_timings({name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}, rounds)
+        first = times[str(paths[0])]
+        rows.append({"batch": batch, **{f"{name} ms": 1000 * statistics.median(t) for name, t in times.items()},
+                     **{f"ratio {name} / first": statistics.median(a / b for a, b in zip(t, first))
+                        for name, t in list(times.items())[1:]}})
+    return rows
+
+
+def benchmark_precision(fp32: TorchRunner, bf16: TorchRunner, batch_sizes: list[int],
+                        rounds: int) -> list[dict[str, float]]:
+    """One checkpoint's runner in float32 and under bf16 autocast (postprocessing included) on the
+    same random uint8 images, per batch size: medians in ms and the median per-round ratio bf16 / fp32."""
+    size = fp32.info.image_size
+    rows = []
+    for batch in batch_sizes:
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        times = interleaved_timings({"fp32": lambda: fp32(images), "bf16": lambda: bf16(images)}, rounds)
+        rows.append({"batch": batch, "fp32 ms": 1000 * statistics.median(times["fp32"]),
+                     "bf16 ms": 1000 * statistics.median(times["bf16"]),
+                     "ratio bf16 / fp32": statistics.median(b / f for f, b in zip(times["fp32"], times["bf16"]))})
+    return rows

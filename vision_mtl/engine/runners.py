@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -25,7 +25,7 @@ from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.results import Predictions
 from vision_mtl.errors import CheckpointError, ConfigError, first_line
 from vision_mtl.models import MultiTaskModel
-from vision_mtl.utils.runtime import resolve_device
+from vision_mtl.utils.runtime import Precision, resolve_device, resolve_precision
 
 
 class Runner(Protocol):
@@ -39,12 +39,15 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """A PyTorch model in eval mode on ``device``."""
+    """A PyTorch model in eval mode on ``device``; with ``precision="bf16"`` the network runs under
+    bfloat16 autocast and its outputs return to float32 before postprocessing (NMS, argmax)."""
 
-    def __init__(self, model: MultiTaskModel, info: ModelInfo, device: torch.device):
+    def __init__(self, model: MultiTaskModel, info: ModelInfo, device: torch.device,
+                 precision: Literal["fp32", "bf16"] = "fp32"):
         self.model = model
         self.info = info
         self.device = device
+        self.precision = precision
 
     @property
     def tasks(self) -> list[str]:
@@ -54,7 +57,10 @@ class TorchRunner:
         self.model.eval()
         with torch.inference_mode():
             x = to_float(images.to(self.device, non_blocking=True))
-            return self.model.predict(self.model(x, tasks), tuple(x.shape[-2:]))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                raw = self.model(x, tasks)
+            raw = {task: {k: v.float() for k, v in r.items()} for task, r in raw.items()}
+            return self.model.predict(raw, tuple(x.shape[-2:]))
 
 
 class OnnxRunner:
@@ -72,7 +78,9 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid files
             raise CheckpointError(f"cannot load ONNX model '{path}': {first_line(exc)}") from exc
-        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(meta, str(path))
+        self.precision = meta.get("precision", "float32")  # float32, float16 or int8: fixed at export
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
@@ -93,17 +101,24 @@ class OnnxRunner:
 
 
 def load_runner(weights: str | Path, config: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> tuple[Runner, Config]:
+                overrides: list[str] | tuple[str, ...] = (), precision: Precision = "fp32") -> tuple[Runner, Config]:
     """A runner for a checkpoint (``.pt``) or an exported model (``.onnx``), and the config to use it
-    with: the model's own, with ``config``/``overrides`` on top (e.g. another validation split)."""
+    with: the model's own, with ``config``/``overrides`` on top (e.g. another validation split).
+    ``precision`` applies to checkpoints (:func:`~vision_mtl.utils.runtime.resolve_precision`); an
+    ONNX graph's precision was fixed at export, so only ``fp32`` and ``auto`` go with one."""
     if Path(weights).suffix.lower() == ".onnx":
+        if precision == "bf16":
+            raise ConfigError(f"precision bf16 applies to checkpoints; '{weights}' is ONNX, whose precision is "
+                              "set at export (tools/export_onnx.py --int8 or --half)")
         return load_onnx_runner(weights, config, overrides)
-    return load_torch_runner(weights, config, overrides)
+    return load_torch_runner(weights, config, overrides, precision)
 
 
 def load_torch_runner(weights: str | Path, config: str | Path | None = None,
-                      overrides: list[str] | tuple[str, ...] = ()) -> tuple[TorchRunner, Config]:
-    """A checkpoint's model, rebuilt from its config with ``config``/``overrides`` on top, on ``train.device``."""
+                      overrides: list[str] | tuple[str, ...] = (),
+                      precision: Precision = "fp32") -> tuple[TorchRunner, Config]:
+    """A checkpoint's model, rebuilt from its config with ``config``/``overrides`` on top, on
+    ``train.device``, in ``precision`` as that device supports it."""
     state = load_checkpoint(weights)
     base = config_to_dict(checkpoint_config(state, weights))  # an unreadable saved config names the checkpoint
     cfg = load_config(config, overrides, base=base)
@@ -111,7 +126,7 @@ def load_torch_runner(weights: str | Path, config: str | Path | None = None,
     model = model_from_state(state, cfg, weights)
     device = resolve_device(cfg.train.device)
     info = ModelInfo.of(model, cfg, state["classes"], state.get("category_ids"))
-    return TorchRunner(model.to(device), info, device), cfg
+    return TorchRunner(model.to(device), info, device, resolve_precision(precision, device)), cfg
 
 
 def load_onnx_runner(weights: str | Path, config: str | Path | None = None,

@@ -23,6 +23,7 @@ from torch import nn
 from vision_mtl.engine.export_wrapper import OUTPUTS, ExportWrapper
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.runners import load_torch_runner
+from vision_mtl.export.quantize import calibration_batches, compare_int8, quantize_int8, val_accuracy_change
 from vision_mtl.export.verify import FLOAT16, FLOAT32, sample_batches, verify_onnx
 from vision_mtl.errors import CheckpointError, ConfigError, ExportError, first_line
 from vision_mtl.models import MultiTaskModel
@@ -36,10 +37,17 @@ Exporter = Literal["dynamo", "torchscript"]
 def export_checkpoint(weights: str | Path, out: str | Path, overrides: list[str] | tuple[str, ...] = (),
                       opset: int | None = None, dynamic: bool = False, half: bool = False, nms: bool = True,
                       seg_logits: bool = False, exporter: Exporter = "dynamo",
-                      images: str | Path | None = None, overwrite: bool = False) -> dict[str, float]:
+                      images: str | Path | None = None, overwrite: bool = False, int8: bool = False,
+                      calib: str | Path | None = None, calib_images: int = 64) -> dict[str, float]:
     """Export a checkpoint's model, every head in one graph, to ``out``; check the graph; compare it
     with PyTorch on sample images (``images`` folder, else generated). Returns the largest
     difference per output; raises :class:`ExportError` when one is out of tolerance.
+
+    ``int8``: the float32 graph, so checked, is then quantised (:mod:`~vision_mtl.export.quantize`)
+    on ``calib_images`` images of the ``calib`` folder, else of the val split; the int8 graph is
+    written, and the returned report is its difference from the float32 graph on the same sample
+    images (:func:`~vision_mtl.export.quantize.compare_int8`) and the change of each val metric
+    (:func:`~vision_mtl.export.quantize.val_accuracy_change`), not held to a tolerance.
 
     ``out`` appears only once the graph has passed both checks (written beside it, flushed to disk,
     then renamed), so a failed export leaves what was there. It is never the checkpoint itself, and
@@ -48,12 +56,23 @@ def export_checkpoint(weights: str | Path, out: str | Path, overrides: list[str]
     if Path(weights).suffix.lower() == ".onnx":
         raise CheckpointError(f"'{weights}' is already ONNX; export from the .pt checkpoint tools/train.py wrote")
     _check_out(weights, out, overwrite)
-    runner, _ = load_torch_runner(weights, overrides=overrides)
+    if int8 and half:
+        raise ConfigError("--int8 and --half exclude each other; choose one precision for the graph")
+    runner, cfg = load_torch_runner(weights, overrides=overrides)
     wrapper = ExportWrapper(runner.model.cpu(), nms=nms, seg_logits=seg_logits)
     with writing(out.parent), atomic_path(out, fsync=True) as staged:
-        export_onnx(wrapper, runner.info, staged, opset, dynamic, half, exporter)
         batches = sample_batches(runner.info.image_size, images, dynamic)
-        return verify_onnx(staged, wrapper, batches, FLOAT16 if half else FLOAT32)
+        if not int8:
+            export_onnx(wrapper, runner.info, staged, opset, dynamic, half, exporter)
+            return verify_onnx(staged, wrapper, batches, FLOAT16 if half else FLOAT32)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+            fp32 = export_onnx(wrapper, runner.info, Path(scratch) / "fp32.onnx", opset, dynamic, False, exporter)
+            verify_onnx(fp32, wrapper, batches, FLOAT32)
+            quantised = quantize_int8(fp32, Path(scratch) / "int8.onnx",
+                                      calibration_batches(cfg, runner.info.classes, calib, calib_images))
+            report = {**compare_int8(fp32, quantised, batches), **val_accuracy_change(fp32, quantised)}
+            os.replace(quantised, staged)  # measured under its .onnx name: the runners go by the suffix
+            return report
 
 
 def _check_out(weights: str | Path, out: Path, overwrite: bool) -> None:
@@ -131,7 +150,7 @@ def _save_with_metadata(raw: Path, path: Path, info: ModelInfo, output_names: li
     input/output documentation in its metadata."""
     model = onnx.load(str(raw))  # external weights, if any, are read in and saved inline below
     props = {**info.to_metadata(), "input": INPUT_DOC.format(dtype=dtype),
-             "outputs": json.dumps({name: OUTPUTS[name][2] for name in output_names})}
+             "outputs": json.dumps({name: OUTPUTS[name][2] for name in output_names}), "precision": dtype}
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)

@@ -23,6 +23,7 @@ from vision_mtl.engine.preprocess import prepare_images
 from vision_mtl.engine.results import ImageResult, split_predictions
 from vision_mtl.engine.runners import load_runner
 from vision_mtl.errors import ConfigError, DataError, check_int
+from vision_mtl.utils.runtime import Precision
 
 TASK_NAMES = {"cls": "classification", "det": "detection", "seg": "segmentation", **{t: t for t in TASKS}}
 ImageInput = Union[str, Path, np.ndarray, torch.Tensor, Sequence[Union[str, Path, np.ndarray]]]
@@ -52,18 +53,21 @@ class Predictor:
     (the model's own ``model.detection.score_thresh`` is the floor below which nothing is
     produced). ``image_size``: the letterbox side (default: the training size). ``device``:
     ``auto``, ``cpu`` or ``cuda[:N]`` for checkpoints; ONNX models use onnxruntime's CUDA provider
-    when installed. ``overrides``: further config ``key=value`` pairs.
+    when installed. ``precision``: ``fp32``, ``bf16`` or ``auto`` for checkpoints: bf16 autocast
+    where the device computes bfloat16 natively (CPU: AVX-512 BF16 or AMX), fp32 elsewhere (what
+    runs is ``runner.precision``). ``overrides``: further config ``key=value`` pairs.
     """
 
     def __init__(self, weights: str | Path, *, tasks: str | Sequence[str] | None = None, conf: float = 0.25,
-                 image_size: int | None = None, device: str | None = None, overrides: Sequence[str] = ()):
+                 image_size: int | None = None, device: str | None = None, precision: Precision = "fp32",
+                 overrides: Sequence[str] = ()):
         if not 0.0 <= conf <= 1.0:
             raise ConfigError(f"conf={conf} is not a score; give a value between 0 and 1")
         if image_size is not None:
             check_int("image_size", image_size, 32, 32)
         extra = [*overrides, *([f"data.image_size={image_size}"] if image_size is not None else []),
                  *([f"train.device={device}"] if device else [])]
-        self.runner, cfg = load_runner(weights, overrides=extra)
+        self.runner, cfg = load_runner(weights, overrides=extra, precision=precision)
         self.weights = Path(weights)
         self.image_size = cfg.data.image_size
         self.tasks = parse_tasks(tasks, self.runner.tasks)
