@@ -30,10 +30,10 @@ def benchmark_engine(cfg: Config, rounds: int, amp_modes: list[str]) -> dict[str
                                    train=dataclasses.replace(cfg.train, amp="off", plots=False))
         trainer = Trainer(base)
         batches = list(itertools.islice(trainer.data.train, BATCHES))
-        candidates = {"bare loop fp32": _bare_step(trainer, batches), "trainer fp32": _trainer_step(trainer, batches)}
+        candidates = {"bare loop fp32": _bare_step(trainer, batches), "trainer fp32": trainer_step(trainer, batches)}
         for mode in amp_modes:
             other = Trainer(dataclasses.replace(base, train=dataclasses.replace(base.train, amp=mode)))
-            candidates[f"trainer {mode}"] = _trainer_step(other, batches)
+            candidates[f"trainer {mode}"] = trainer_step(other, batches)
         sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
         times = interleaved_timings(candidates, rounds, sync=sync)
     medians = {name: statistics.median(values) * 1000 for name, values in times.items()}
@@ -44,7 +44,8 @@ def benchmark_engine(cfg: Config, rounds: int, amp_modes: list[str]) -> dict[str
     return out
 
 
-def _trainer_step(trainer: Trainer, batches: list) -> Callable[[], None]:
+def trainer_step(trainer: Trainer, batches: list) -> Callable[[], None]:
+    """One optimiser step of ``trainer`` per call, cycling through ``batches``."""
     cycle = itertools.cycle(batches)
     trainer.network.train()
 
