@@ -65,3 +65,6 @@ def test_compare_tool_writes_the_table_and_reuses_finished_runs(tiny_overrides, 
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("finished before") == 4
     assert (out / "seg2" / "outcome.json").stat().st_mtime_ns == stamp
+    changed = run_tool("compare_mtl.py", *common, "--time-rounds", "0", "train.lr=0.01")
+    assert changed.returncode == 2
+    assert "was trained with other settings (train.lr: 0.002 -> 0.01)" in changed.stderr

@@ -93,7 +93,8 @@ def test_neck_builds_only_the_levels_the_heads_use():
     cls_only = build_model(load_config(None, [*TINY_MODEL, "model.tasks=[classification]"]).model, SHAPES_CLASSES)
     feats = cls_only.neck(cls_only.backbone(torch.rand(2, 3, 64, 64)))
     assert sorted(feats) == [3, 4, 5]
-    seg_only = build_model(load_config(None, [*TINY_MODEL, "model.tasks=[segmentation]"]).model, SHAPES_CLASSES)
+    seg_only = build_model(load_config(None, [*TINY_MODEL, "model.tasks=[segmentation]",
+                                              "model.segmentation.levels=[2,3,4,5]"]).model, SHAPES_CLASSES)
     assert sorted(seg_only.neck(seg_only.backbone(torch.rand(2, 3, 64, 64)))) == [2, 3, 4, 5]
     det = build_model(load_config(None, [*TINY_MODEL, "model.tasks=[detection]"]).model, SHAPES_CLASSES)
     feats = det.neck(det.backbone(torch.rand(2, 3, 64, 64)))

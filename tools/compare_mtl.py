@@ -6,7 +6,8 @@ the same budget, then write a table of every headline metric, Δm, parameters, t
 
 Overrides after the flags apply to every run (e.g. train.epochs=6). Each run trains into --out/NAME;
 a rerun reuses the runs that finished and resumes one that was stopped, so the comparison can be
-interrupted. The tables go to --out/compare.md and --out/compare.csv.
+interrupted, and --only trains a part of them (in parallel processes, say). The tables go to
+--out/compare.md and --out/compare.csv.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--run", nargs="+", action="append", default=[], metavar="NAME key=value",
                         help="a further multi-task run: its name, then its overrides")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder of the runs and tables")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="train only these runs and write no table (e.g. to train runs in parallel processes)")
     parser.add_argument("--time-rounds", type=int_flag("--time-rounds", 0), default=5,
                         help="interleaved rounds timing training steps and inference (0: skip)")
     parser.add_argument("--time-batch", type=int_flag("--time-batch", 1), default=8, help="inference batch timed")
@@ -45,6 +48,14 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)  # fails early on a bad override
     variants = plan_variants(cfg.model.tasks, args.balancers, args.schemes, extra)
     logger.info("compare: %d runs into %s: %s", len(variants), args.out, ", ".join(v.name for v in variants))
+    if args.only:
+        unknown = sorted(set(args.only) - {v.name for v in variants})
+        if unknown:
+            raise ConfigError(f"--only {' '.join(unknown)}: not a run of this comparison ({', '.join(v.name for v in variants)})")
+        for variant in variants:
+            if variant.name in args.only:
+                run_variant(args.config, args.overrides, variant, args.out)
+        return
     outcomes = [run_variant(args.config, args.overrides, variant, args.out) for variant in variants]
     times = (measure_times(args.config, args.overrides, outcomes, args.time_rounds, cfg.data.image_size,
                            args.time_batch) if args.time_rounds else None)

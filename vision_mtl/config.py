@@ -55,10 +55,11 @@ class DetectionConfig:
 
 @dataclass
 class SegmentationConfig:
-    """Semantic-FPN head fusing P2-P5 at 1/4 resolution."""
+    """Semantic-FPN head fusing ``levels`` at the finest one: P3-P5 at 1/8 by default (adding P2, at 1/4,
+    makes the multi-task forward about 10 % slower; docs/benchmarks.md)."""
 
     channels: int = 64
-    levels: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
+    levels: list[int] = field(default_factory=lambda: [3, 4, 5])
     dice_weight: float = 1.0
     ignore_index: int = 255
 

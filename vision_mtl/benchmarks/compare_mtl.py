@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from vision_mtl.benchmarks.engine import trainer_step
 from vision_mtl.benchmarks.model import interleaved_timings
-from vision_mtl.config import TASKS, Config, load_config
+from vision_mtl.config import TASKS, Config, config_from_dict, config_to_dict, flat_keys, load_config
 from vision_mtl.engine.checkpoint import load_model
 from vision_mtl.errors import ConfigError
 from vision_mtl.training.trainer import Trainer
@@ -97,6 +98,8 @@ def run_variant(config: str | Path, overrides: Sequence[str], variant: Variant, 
     """Train one run into ``out/name``, or take its outcome when it finished before; a run that was
     stopped part-way is resumed, so an interrupted comparison loses at most the epoch in progress."""
     folder = out / variant.name
+    cfg = variant_config(config, overrides, variant, out)
+    _check_same_settings(cfg, folder)
     if (folder / OUTCOME).is_file():
         logger.info("compare: %s finished before; reusing %s", variant.name, folder / OUTCOME)
         return _read_outcome(variant, folder)
@@ -107,7 +110,7 @@ def run_variant(config: str | Path, overrides: Sequence[str], variant: Variant, 
         if folder.exists() and any(folder.iterdir()):
             raise ConfigError(f"compare: '{folder}' holds files but no last.pt; remove it to train {variant.name} again")
         folder.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(variant_config(config, overrides, variant, out), run_dir=folder)
+        trainer = Trainer(cfg, run_dir=folder)
     trainer.fit()
     if trainer.stopped_by:
         raise KeyboardInterrupt
@@ -115,6 +118,19 @@ def run_variant(config: str | Path, overrides: Sequence[str], variant: Variant, 
     write_json(folder / OUTCOME, {"metrics": final, "train_seconds": trainer.position.train_seconds,
                                   "parameters": sum(p.numel() for p in trainer.model.parameters())})
     return _read_outcome(variant, folder)
+
+
+def _check_same_settings(cfg: Config, folder: Path) -> None:
+    """A finished or stopped run is reused only if it was trained with the settings asked for now."""
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return
+    before = flat_keys(config_to_dict(config_from_dict(yaml.safe_load(saved.read_text()))))
+    now = flat_keys(config_to_dict(cfg))
+    changed = [f"{key}: {before.get(key)} -> {now.get(key)}" for key in now if before.get(key) != now.get(key)]
+    if changed:
+        raise ConfigError(f"compare: '{folder}' was trained with other settings ({'; '.join(changed[:3])}); "
+                          "remove that folder to train it again, or choose another --out")
 
 
 def _read_outcome(variant: Variant, folder: Path) -> Outcome:
