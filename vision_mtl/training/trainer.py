@@ -215,8 +215,8 @@ class Trainer:
                 self.precision.scale(total / self.cfg.train.accumulate).backward()
         self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
                                                        task_losses.items() for name, v in parts.items()}}
-        one = torch.ones((), device=self.device)
-        steps = {f"steps/{task}": one for task in task_losses} if self.schedule.skips else {}
+        steps = dict.fromkeys((f"steps/{task}" for task in task_losses), torch.ones((), device=self.device)) \
+            if self.schedule.skips else {}
         self.pending.append({**self.last_losses, **steps})  # steps/<task>: the batches that trained it
 
     def training_step(self, batch: Batch) -> dict[str, float]:
