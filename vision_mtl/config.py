@@ -248,10 +248,16 @@ class MTLConfig:
     """How the task losses are combined (``vision_mtl/mtl``). ``balancer``: fixed (``train.loss_weights``),
     uncertainty (Kendall 2018, learned), dwa (Liu 2019, from the last two epochs' losses, temperature
     ``dwa_temperature``) or rlw (random weights each step, Lin 2021); or a gradient aggregator (TorchJD):
-    pcgrad, upgrad, mgda, imtl_g, aligned_mtl."""
+    pcgrad, upgrad, mgda, imtl_g, aligned_mtl. ``schedule``: which tasks each step trains
+    (``vision_mtl/mtl/schedule.py``): all, or ``schedule_tasks_per_step`` of them by round_robin,
+    proportional (to their labelled training images) or loss_progress (slower loss fall, more steps;
+    softmax temperature ``schedule_temperature``)."""
 
     balancer: str = "fixed"
     dwa_temperature: float = 2.0
+    schedule: Literal["all", "round_robin", "proportional", "loss_progress"] = "all"
+    schedule_tasks_per_step: int = 1
+    schedule_temperature: float = 0.5
 
 
 @dataclass
@@ -354,7 +360,7 @@ _MINIMUM: dict[str, int] = {
     "model.neck_channels": 1, "model.segmentation.channels": 1, "model.detection.num_convs": 0,
     "model.detection.pre_nms_topk": 1, "model.detection.max_detections": 1,
     "train.epochs": 1, "train.batch_size": 1, "train.max_steps_per_epoch": 1, "train.accumulate": 1,
-    "train.log_every": 1, "train.checkpoint_every": 1, "train.patience": 1,
+    "train.log_every": 1, "train.checkpoint_every": 1, "train.patience": 1, "mtl.schedule_tasks_per_step": 1,
 }
 
 
@@ -385,10 +391,15 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"model.{name}.levels={levels} must be a non-empty list of pyramid levels in 2..7")
     if cfg.model.segmentation.levels and min(cfg.model.segmentation.levels) > 3:
         raise ConfigError("model.segmentation.levels must include level 2 or 3 (the finest output)")
-    for key in ("train.lr", "train.backbone_lr_mult", "train.max_minutes", "mtl.dwa_temperature"):
+    for key in ("train.lr", "train.backbone_lr_mult", "train.max_minutes", "mtl.dwa_temperature",
+                "mtl.schedule_temperature"):
         value = _get_dotted(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value} must be > 0")
+    per_step, tasks = cfg.mtl.schedule_tasks_per_step, len(cfg.model.tasks)
+    if cfg.mtl.schedule != "all" and per_step > tasks:
+        raise ConfigError(f"mtl.schedule_tasks_per_step={per_step} is more than the {tasks} task(s) in model.tasks; "
+                          f"give at most {tasks}, or mtl.schedule=all")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1) (0 turns the EMA off)")
     _validate_run_name(cfg.run.name)

@@ -56,8 +56,8 @@ class MultiTaskModel(nn.Module):
         return {task: self.heads[task](features) for task in (tasks or self.tasks)}
 
     def loss(self, raw: dict[str, Raw], targets: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-        """``{task: {component: scalar}}``; a task absent from ``targets`` is unlabelled for the whole batch."""
-        return {task: head.loss(raw[task], targets[task]) for task, head in self.heads.items()}
+        """``{task: {component: scalar}}`` for the heads in ``raw`` (those that ran)."""
+        return {task: self.heads[task].loss(task_raw, targets[task]) for task, task_raw in raw.items()}
 
     @torch.no_grad()
     def predict(self, raw: dict[str, Raw], image_size: tuple[int, int]) -> dict[str, dict[str, torch.Tensor]]:

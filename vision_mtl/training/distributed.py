@@ -25,11 +25,14 @@ def with_sync_bn(model: MultiTaskModel, enabled: bool, processes: Processes) -> 
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if enabled and processes.world > 1 else model
 
 
-def replicate(model: MultiTaskModel, processes: Processes, device: torch.device,
-              compile_model: bool) -> tuple[DistributedDataParallel | None, torch.nn.Module]:
+def replicate(model: MultiTaskModel, processes: Processes, device: torch.device, compile_model: bool,
+              skips_heads: bool = False) -> tuple[DistributedDataParallel | None, torch.nn.Module]:
     """The DDP wrapper (None in one process) and the module the training forward goes through
-    (DDP and/or ``torch.compile`` around ``model``); ``model`` itself stays the one to save."""
-    ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    (DDP and/or ``torch.compile`` around ``model``); ``model`` itself stays the one to save.
+    ``skips_heads``: some steps run only some heads (``mtl.schedule``), so DDP must look for the
+    parameters a step left unused (a cost each step, paid only then)."""
+    ddp = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=skips_heads)
            if processes.world > 1 else None)
     network = ddp or model
     return ddp, torch.compile(network) if compile_model else network

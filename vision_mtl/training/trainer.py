@@ -33,6 +33,7 @@ from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.models import build_model
 from vision_mtl.models.transfer import apply_transfer, keep_frozen_in_eval
 from vision_mtl.mtl import build_balancer, check_trainable, independent
+from vision_mtl.mtl.schedule import build_schedule, with_skipped
 from vision_mtl.training.distributed import process_device, replicate, with_sync_bn
 from vision_mtl.training.monitor import Monitor
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
@@ -91,7 +92,8 @@ class Trainer:
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = ModelEmaV3(self.model, decay=train.ema_decay, use_warmup=True) if train.ema_decay else None
-        self.ddp, self.network = replicate(self.model, self.processes, self.device, train.compile)
+        self.schedule = build_schedule(cfg, cfg.model.tasks, self.data.train.dataset)
+        self.ddp, self.network = replicate(self.model, self.processes, self.device, train.compile, self.schedule.skips)
         self.precision = Precision(train.amp, self.device)
         self.optimizer = build_optimizer(self.model, train, self.balancer.parameters())
         self.batches_per_epoch = min(len(self.data.train), train.max_steps_per_epoch or len(self.data.train))
@@ -195,13 +197,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         no_sync = self.ddp.no_sync() if self.ddp and not sync_gradients else contextlib.nullcontext()
         owns_backward = self.balancer.owns_backward
+        tasks = self.schedule.next()  # None: every head; else only these run, and only their losses count
         with no_sync:
             with self.precision.autocast():  # a gradient balancer needs the shared features (one process)
                 features = independent(self.model.features(images)) if owns_backward else None
-                raw = self.model.heads_forward(features) if owns_backward else self.network(images)
+                raw = self.model.heads_forward(features, tasks) if owns_backward else self.network(images, tasks)
             task_losses = self.model.loss(_as_float(raw), batch.targets)  # losses in fp32
             present = {task: batch.targets[task]["valid"].any() for task in task_losses}
-            task_sums = {task: sum(parts.values()) for task, parts in task_losses.items()}
+            task_sums, present = with_skipped({task: sum(parts.values()) for task, parts in task_losses.items()},
+                                              present, self.balancer.tasks)
             total = self.balancer(task_sums, present)
             if owns_backward:
                 shared = [*self.model.backbone.parameters(), *self.model.neck.parameters()]
@@ -211,7 +215,9 @@ class Trainer:
                 self.precision.scale(total / self.cfg.train.accumulate).backward()
         self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
                                                        task_losses.items() for name, v in parts.items()}}
-        self.pending.append(self.last_losses)
+        steps = dict.fromkeys((f"steps/{task}" for task in task_losses), torch.ones((), device=self.device)) \
+            if self.schedule.skips else {}
+        self.pending.append({**self.last_losses, **steps})  # steps/<task>: the batches that trained it
 
     def training_step(self, batch: Batch) -> dict[str, float]:
         """One optimiser step on one batch (no accumulation); returns its losses as floats
@@ -268,18 +274,26 @@ class Trainer:
         if improved:
             self.best_score, self.best_metrics = score, {"epoch": position.epoch + 1, **metrics}
         position.stale_epochs = 0 if improved else position.stale_epochs + 1
-        losses = {("loss" if k == "loss" else f"train/{k}"): v / max(1, position.loss_batches)
-                  for k, v in self._floats(self.sums).items()}
+        sums = self._floats(self.sums)
+        steps = {key: sums.pop(key, 0.0) for key in (f"steps/{t}" for t in self.schedule.tasks)} \
+            if self.schedule.skips else {}  # the batches each task trained on, under mtl.schedule
+        losses = {("loss" if k == "loss" else f"train/{k}"):  # a task's parts: the mean over its own steps
+                  v / max(1, steps.get(f"steps/{k.split('/')[0]}", position.loss_batches)) for k, v in sums.items()}
         weights = self._task_weights()  # those this epoch trained with
-        self.balancer.epoch_end(self._task_means(losses))
+        task_means = self._task_means(losses)
+        self.balancer.epoch_end(task_means)
+        self.schedule.epoch_end(task_means)
         position.epoch, position.batch, position.loss_batches, self.sums = position.epoch + 1, 0, 0, {}
         self._fit_to_time_budget()
         self._save(best=improved)
         self.monitor.epoch(position.updates, {"epoch": position.epoch, "lr": self._lr(), **losses, **weights,
-                                              **metrics})
+                                              **steps, **metrics})
         logger.info("epoch %d/%d  loss %.3f  %s  (%.0fs so far)%s", position.epoch, position.epochs,
                     losses.get("loss", math.nan), _headline(metrics), position.train_seconds,
                     "  *best" if improved else "")
+        if steps:
+            logger.info("steps per task (mtl.schedule=%s): %s", self.cfg.mtl.schedule,
+                        ", ".join(f"{key.removeprefix('steps/')} {count:.0f}" for key, count in steps.items()))
         return evaluation
 
     def _fit_to_time_budget(self) -> None:
@@ -299,7 +313,8 @@ class Trainer:
                  "category_ids": self.data.category_ids}
         training = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "scaler": self.precision.state_dict(), "rng": rngs,
-                    "position": self.position.to_dict(), "balancer": self.balancer.state_dict()}
+                    "position": self.position.to_dict(), "balancer": self.balancer.state_dict(),
+                    "schedule": self.schedule.state_dict()}
         save_checkpoint(self.run_dir / "last.pt", self.deployable, self.cfg, self.data.classes, training=training,
                         **extra)
         if best:
@@ -313,6 +328,7 @@ class Trainer:
             load_weights(self.ema.module, state["model"], path)
         self.optimizer.load_state_dict(training["optimizer"])
         self.balancer.load_state_dict(training.get("balancer", {}))  # absent from runs saved before balancers
+        self.schedule.load_state_dict(training.get("schedule", {}))
         self.scheduler.load_state_dict(training["scheduler"])
         self.precision.load_state_dict(training["scaler"])
         self.position = Position(**training["position"])
