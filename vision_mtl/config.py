@@ -246,11 +246,14 @@ class TrainConfig:
 class MTLConfig:
     """How the task losses are combined (``vision_mtl/mtl``). ``balancer``: fixed (``train.loss_weights``),
     uncertainty (Kendall 2018, learned), dwa (Liu 2019, from the last two epochs' losses, temperature
-    ``dwa_temperature``) or rlw (random weights each step, Lin 2021); or a gradient aggregator (TorchJD):
-    pcgrad, upgrad, mgda, imtl_g, aligned_mtl."""
+    ``dwa_temperature``), rlw (random weights each step, Lin 2021) or gradnorm (Chen 2018, learned to
+    equalise the tasks' gradient norms, asymmetry ``gradnorm_alpha``); or a gradient aggregator
+    (TorchJD): pcgrad, upgrad, mgda, imtl_g, aligned_mtl, cagrad (its radius ``cagrad_c``)."""
 
     balancer: str = "fixed"
     dwa_temperature: float = 2.0
+    gradnorm_alpha: float = 1.5
+    cagrad_c: float = 0.4
 
 
 @dataclass
@@ -388,6 +391,9 @@ def validate(cfg: Config) -> None:
         value = _get_dotted(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value} must be > 0")
+    for key in ("mtl.gradnorm_alpha", "mtl.cagrad_c"):
+        if _get_dotted(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get_dotted(cfg, key)} must be >= 0")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1) (0 turns the EMA off)")
     _validate_run_name(cfg.run.name)
