@@ -141,7 +141,9 @@ class GradNorm(Balancer):
     heads only, and it stays defined whatever the sharing scheme (LibMTL's ``rep_grad`` choice).
     The network gets sum_t w_t L_t with the weights held constant; the weights get only the gradient
     of sum_t |G_t - target_t| (norms and targets held constant), added with value 0, so the logged
-    loss is the weighted sum. L_t(0) is each task's first loss on a batch that labels it."""
+    loss is the weighted sum. L_t(0) is each task's first loss on a batch that labels it (under DDP,
+    each process's own). A task absent from the batch has no term, but its weight still shifts with
+    the others' through the softmax (the paper's renormalisation does the same)."""
 
     needs_features = True
 

@@ -147,7 +147,8 @@ GRADIENT_BALANCERS = {
 
 
 def check_trainable(cfg: Config) -> None:
-    """Refuse, in one line, the training setups gradient balancers do not support."""
+    """Refuse, in one line, the training setups the balancers that read the features (gradient
+    balancers, GradNorm) do not support."""
     if cfg.train.compile:
-        raise ConfigError(f"mtl.balancer={cfg.mtl.balancer} does not support train.compile=true (its step does not "
-                          "go through the compiled model); set train.compile=false")
+        raise ConfigError(f"mtl.balancer={cfg.mtl.balancer} does not support train.compile=true (it reads the "
+                          "pyramid features, which the compiled model does not expose); set train.compile=false")
