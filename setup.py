@@ -22,7 +22,7 @@ setup(
         "onnx>=1.16",
         "onnxruntime>=1.18",
         "onnxscript>=0.5",  # torch.onnx.export(dynamo=True), the default exporter
-        "torchjd[quadprog_projector]==0.18.*",  # gradient balancers (mtl.balancer=pcgrad, upgrad, ...)
+        "torchjd[quadprog_projector,cagrad]==0.18.*",  # gradient balancers (mtl.balancer=pcgrad, upgrad, cagrad, ...)
         "tensorboard>=2.16",
         "matplotlib>=3.8",
         "kornia>=0.7,<1",  # batched device augmentation (data/device_augment.py)

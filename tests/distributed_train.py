@@ -1,7 +1,8 @@
 """Run under torchrun by test_training_ddp.py: trains with the given overrides, then saves what
 each process ended with to ``<out>/rank<r>.pt``: its parameters (BatchNorm running
-statistics stay per process without SyncBatchNorm, as in any DDP run), its final validation metrics
-and, per step, whether its batch held any detection label.
+statistics stay per process without SyncBatchNorm, as in any DDP run), its buffers, its balancer's
+state, its final validation metrics, per step whether its batch held any detection label, and how
+many gradient buckets DDP all-reduced (none when a gradient balancer bypasses it).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_train.py OUT key=value ...
 """
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from vision_mtl.config import load_config
 from vision_mtl.training.trainer import Trainer
@@ -28,10 +30,19 @@ def main() -> None:
         run_step(batch, sync_gradients)
 
     trainer.run_step = recording_step
+    buckets: list[int] = []
+
+    def counting_hook(state, bucket):
+        buckets.append(1)
+        return allreduce_hook(state, bucket)
+
+    trainer.ddp.register_comm_hook(None, counting_hook)
     trainer.fit()
     metrics = trainer.evaluator.run(trainer.runner, show_progress=False, processes=trainer.processes).metrics
     torch.save({"world": trainer.processes.world, "parameters": {n: p.detach() for n, p in trainer.model.named_parameters()}, "metrics": metrics,
-                "had_detection": had_detection, "run_dir": str(trainer.run_dir)},
+                "had_detection": had_detection, "run_dir": str(trainer.run_dir),
+                "buffers": {n: b.detach() for n, b in trainer.model.named_buffers()},
+                "balancer": trainer.balancer.state_dict(), "ddp_buckets": len(buckets)},
                out / f"rank{trainer.processes.rank}.pt")
 
 

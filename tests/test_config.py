@@ -192,3 +192,10 @@ def test_unknown_key_in_yaml_file(tmp_path):
 
 def test_config_error_is_a_user_error():
     assert issubclass(ConfigError, VisionMTLError)
+
+
+def test_off_is_the_word_not_yaml_false():
+    """YAML 1.1 reads a bare `off` as false; train.amp=off must still mean the choice "off"."""
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="valid choices: auto, off, bf16, fp16"):
+        load_config(None, ["train.amp=yes"])

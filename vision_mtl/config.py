@@ -247,14 +247,17 @@ class TrainConfig:
 class MTLConfig:
     """How the task losses are combined (``vision_mtl/mtl``). ``balancer``: fixed (``train.loss_weights``),
     uncertainty (Kendall 2018, learned), dwa (Liu 2019, from the last two epochs' losses, temperature
-    ``dwa_temperature``) or rlw (random weights each step, Lin 2021); or a gradient aggregator (TorchJD):
-    pcgrad, upgrad, mgda, imtl_g, aligned_mtl. ``schedule``: which tasks each step trains
-    (``vision_mtl/mtl/schedule.py``): all, or ``schedule_tasks_per_step`` of them by round_robin,
-    proportional (to their labelled training images) or loss_progress (slower loss fall, more steps;
-    softmax temperature ``schedule_temperature``)."""
+    ``dwa_temperature``), rlw (random weights each step, Lin 2021) or gradnorm (Chen 2018, learned to
+    equalise the tasks' gradient norms, asymmetry ``gradnorm_alpha``); or a gradient aggregator
+    (TorchJD): pcgrad, upgrad, mgda, imtl_g, aligned_mtl, cagrad (its radius ``cagrad_c``).
+    ``schedule``: which tasks each step trains (``vision_mtl/mtl/schedule.py``): all, or
+    ``schedule_tasks_per_step`` of them by round_robin, proportional (to their labelled training
+    images) or loss_progress (slower loss fall, more steps; softmax temperature ``schedule_temperature``)."""
 
     balancer: str = "fixed"
     dwa_temperature: float = 2.0
+    gradnorm_alpha: float = 1.5
+    cagrad_c: float = 0.4
     schedule: Literal["all", "round_robin", "proportional", "loss_progress"] = "all"
     schedule_tasks_per_step: int = 1
     schedule_temperature: float = 0.5
@@ -400,6 +403,9 @@ def validate(cfg: Config) -> None:
     if cfg.mtl.schedule != "all" and per_step > tasks:
         raise ConfigError(f"mtl.schedule_tasks_per_step={per_step} is more than the {tasks} task(s) in model.tasks; "
                           f"give at most {tasks}, or mtl.schedule=all")
+    for key in ("mtl.gradnorm_alpha", "mtl.cagrad_c"):
+        if _get_dotted(cfg, key) < 0:
+            raise ConfigError(f"{key}={_get_dotted(cfg, key)} must be >= 0")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1) (0 turns the EMA off)")
     _validate_run_name(cfg.run.name)
@@ -490,6 +496,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**{name: _coerce(hints[name], value, prefix + name) for name, value in raw.items()})
 
 
+YAML_WORDS = {False: "off", True: "on"}
+
+
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -506,6 +515,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"config key '{key}' expects {_describe(hint)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and YAML_WORDS[value] in args:  # YAML 1.1 reads `off` as false, `on` as true
+            value = YAML_WORDS[value]
         if value not in args:
             raise ConfigError(f"config key '{key}' got {value!r}; valid choices: {', '.join(map(str, args))}")
         return value

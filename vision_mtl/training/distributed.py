@@ -4,6 +4,8 @@ process's own GPU), optional SyncBatchNorm, the DDP wrapper and optional ``torch
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vision_mtl.models import MultiTaskModel
@@ -36,3 +38,12 @@ def replicate(model: MultiTaskModel, processes: Processes, device: torch.device,
            if processes.world > 1 else None)
     network = ddp or model
     return ddp, torch.compile(network) if compile_model else network
+
+
+def share_buffers(model: nn.Module, processes: Processes) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every process. DDP broadcasts them before each forward,
+    but the last training forward leaves each process its own, and so does an update that bypassed DDP
+    (gradient balancers): shared before validation, every process evaluates the weights rank 0 saves."""
+    if processes.world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

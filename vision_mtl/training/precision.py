@@ -43,6 +43,10 @@ class Precision:
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss) if self.scaler else loss
 
+    def loss_scale(self) -> float:
+        """The fp16 loss scale (1 without a scaler), for a gradient balancer that scales each task's loss itself."""
+        return float(self.scale(torch.ones((), device=self.device))) if self.scaler else 1.0  # a host sync
+
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler:
             self.scaler.unscale_(optimizer)

@@ -32,9 +32,9 @@ from vision_mtl.errors import VisionMTLError
 from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.models import build_model
 from vision_mtl.models.transfer import apply_transfer, keep_frozen_in_eval
-from vision_mtl.mtl import build_balancer, check_trainable, independent
+from vision_mtl.mtl import build_balancer, captured_features, check_trainable, independent
 from vision_mtl.mtl.schedule import build_schedule, with_skipped
-from vision_mtl.training.distributed import process_device, replicate, with_sync_bn
+from vision_mtl.training.distributed import process_device, replicate, share_buffers, with_sync_bn
 from vision_mtl.training.monitor import Monitor
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
 from vision_mtl.training.precision import Precision
@@ -77,8 +77,8 @@ class Trainer:
             logging.getLogger("vision_mtl").setLevel(logging.WARNING)
         self.device = process_device(train.device, self.processes)
         self.balancer = build_balancer(cfg, cfg.model.tasks).to(self.device)
-        if self.balancer.owns_backward:
-            check_trainable(cfg, self.processes.world)
+        if self.balancer.needs_features:
+            check_trainable(cfg)
         seed_everything(train.seed)
         if self.main:
             prepare_synthetic(cfg)
@@ -198,19 +198,21 @@ class Trainer:
         no_sync = self.ddp.no_sync() if self.ddp and not sync_gradients else contextlib.nullcontext()
         owns_backward = self.balancer.owns_backward
         tasks = self.schedule.next()  # None: every head; else only these run, and only their losses count
-        with no_sync:
-            with self.precision.autocast():  # a gradient balancer needs the shared features (one process)
-                features = independent(self.model.features(images)) if owns_backward else None
+        capture = self.balancer.needs_features and not owns_backward  # GradNorm: the forward stays in DDP
+        with no_sync, captured_features(self.model.neck, capture) as captured:
+            with self.precision.autocast():  # a gradient balancer needs the shared features (bypasses DDP)
+                features = independent(self.model.features(images)) if owns_backward else captured
                 raw = self.model.heads_forward(features, tasks) if owns_backward else self.network(images, tasks)
             task_losses = self.model.loss(_as_float(raw), batch.targets)  # losses in fp32
             present = {task: batch.targets[task]["valid"].any() for task in task_losses}
             task_sums, present = with_skipped({task: sum(parts.values()) for task, parts in task_losses.items()},
                                               present, self.balancer.tasks)
-            total = self.balancer(task_sums, present)
+            total = self.balancer(task_sums, present, list(features.values()))
             if owns_backward:
                 shared = [*self.model.backbone.parameters(), *self.model.neck.parameters()]
                 self.balancer.backward(task_sums, present, list(features.values()), shared,
-                                       scale=1 / self.cfg.train.accumulate)
+                                       list(self.model.heads.parameters()), scale=1 / self.cfg.train.accumulate,
+                                       loss_scale=self.precision.loss_scale(), processes=self.processes)
             else:
                 self.precision.scale(total / self.cfg.train.accumulate).backward()
         self.last_losses = {"loss": total.detach(), **{f"{task}/{name}": v.detach() for task, parts in
@@ -243,6 +245,8 @@ class Trainer:
         self.position.loss_batches += len(self.pending)
         self.pending = []
         self.precision.step(self.optimizer)
+        if self.balancer.owns_backward:
+            share_buffers(self.model, self.processes)
         self.position.updates += 1
         self.scheduler.step_update(self.position.updates)
         if self.ema:
@@ -266,6 +270,7 @@ class Trainer:
 
     def _end_epoch(self) -> Evaluation:
         """Validate with the deployable weights, log, checkpoint; advance the position."""
+        share_buffers(self.deployable, self.processes)  # every shard evaluated with the statistics rank 0 saves
         evaluation = self.evaluator.run(self.runner, show_progress=self.main, processes=self.processes,
                                         examples=PLOT_EXAMPLES)  # collective: every rank asks alike
         metrics, position = evaluation.metrics, self.position
