@@ -4,13 +4,14 @@ the presets; padding rows, ignore pixels and unlabelled samples survive; the see
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 import torch
 from torchvision.ops import box_iou
 
-from conftest import one_line, run_tool
+from conftest import assert_printed_quotient, one_line, run_tool
 from vision_mtl.config import AugmentConfig, load_config
 from vision_mtl.data.augment_albu import AlbumentationsAugment
 from vision_mtl.data.augment_boxes import clip_quads
@@ -79,7 +80,7 @@ def _samples() -> list[Sample]:
 
 def _augment(cfg: AugmentConfig, batch: Batch, seed: int = 0) -> Batch:
     torch.manual_seed(seed)
-    return DeviceAugment(cfg, "cpu")(batch)
+    return DeviceAugment(cfg)(batch)
 
 
 def _mask_box(mask: torch.Tensor, value: int) -> torch.Tensor | None:
@@ -252,6 +253,8 @@ def test_preset_fills_unset_keys_and_explicit_keys_win():
     ("rotate", -5.0, "train.augment.rotate=-5.0 must be >= 0"),
     ("crop_scale", [0.5, 1.5], "train.augment.crop_scale=[0.5, 1.5] must be at most 1.0"),
     ("hue", 0.6, "train.augment.hue=0.6 must be at most 0.5"),
+    ("mosaic", 1.5, "train.augment.mosaic=1.5 must be in [0, 1]"),
+    ("mix_off_epochs", -1, "train.augment.mix_off_epochs=-1 must be >= 0"),
 ])
 def test_bad_augment_values_are_one_line_errors(key, value, message):
     with pytest.raises(ConfigError) as err:
@@ -379,3 +382,21 @@ def test_albumentations_loader_augments_by_seed_epoch_and_index(make_config):
     assert torch.equal(next(iter(second)).images, batches[1])
     other.sampler.set_epoch(1)
     assert not torch.equal(next(iter(other)).images, batches[0])
+
+
+def test_benchmark_augment_prints_both_backends_and_their_ratio():
+    """What the tool prints, not how fast anything is (figures: docs/benchmarks.md): one round, so the
+    ratio must be the quotient of the printed throughputs."""
+    proc = run_tool("benchmark.py", "augment", "--imgsz", "64", "--batch", "2", "--rounds", "1")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    values = {key: float(value) for key, value in re.findall(r"^\s+(\w[\w /-]*?)\s{2,}([0-9.]+)$", output, flags=re.M)}
+    assert list(values) == ["device images/s", "albumentations images/s", "ratio device / albumentations"], output
+    assert_printed_quotient(values["ratio device / albumentations"], values["device images/s"],
+                            values["albumentations images/s"], 1e-3)
+
+
+def test_the_trainers_augmenter_resolves_backend_auto_for_its_device():
+    batch, cfg = _batch(), AugmentConfig(preset="none", hflip=1.0)
+    assert torch.equal(DeviceAugment(cfg, "cpu")(batch).images, batch.images.float() / 255) == (CPU_BACKEND != "device")
+    assert not torch.equal(DeviceAugment(cfg)(batch).images, batch.images.float() / 255)

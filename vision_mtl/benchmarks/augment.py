@@ -21,8 +21,8 @@ def benchmark_augment(cfg: AugmentConfig, image_size: int, batch_size: int, roun
     """Images/s of each backend on the CPU (mosaic and mixup on the device in both), medians over
     ``rounds`` interleaved rounds, and the median per-round ratio device / albumentations."""
     samples = synthetic_samples(batch_size, image_size)
-    device = DeviceAugment(dataclasses.replace(cfg, backend="device"), "cpu")
-    finish = DeviceAugment(dataclasses.replace(cfg, backend="albumentations"), "cpu")
+    device = DeviceAugment(dataclasses.replace(cfg, backend="device"))
+    finish = DeviceAugment(dataclasses.replace(cfg, backend="albumentations"))
     per_image, seeds = AlbumentationsAugment(cfg, image_size), itertools.count()
     candidates = {
         "device": lambda: device(collate(samples, list(TASKS))),

@@ -93,7 +93,8 @@ def mixup(images: torch.Tensor, targets: Targets, p: float) -> torch.Tensor:
         target["valid"] = target["valid"] & (target["valid"][partner] | ~chosen)
         if task == "detection":
             other = chosen.unsqueeze(-1)
-            target["boxes"] = torch.cat([target["boxes"], torch.where(other.unsqueeze(-1), target["boxes"][partner], 0.0)], 1)
+            boxes = torch.where(other.unsqueeze(-1), target["boxes"][partner], 0.0)
+            target["boxes"] = torch.cat([target["boxes"], boxes], 1)
             target["labels"] = torch.cat([target["labels"], torch.where(other, target["labels"][partner], -1)], 1)
     return images
 

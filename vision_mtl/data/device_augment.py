@@ -37,9 +37,12 @@ class DeviceAugment:
     labelled for a task stay unlabelled; the input batch is not modified.
     """
 
-    def __init__(self, cfg: AugmentConfig, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: AugmentConfig, device: torch.device | str | None = None):
         self.params = resolve_augment(cfg)
-        self.per_image = resolve_backend(cfg, torch.device(device)) == "device"
+        if device is None:  # no training device to resolve ``backend: auto`` for: the per-image ops run here
+            self.per_image = cfg.backend != "albumentations"
+        else:
+            self.per_image = resolve_backend(cfg, torch.device(device)) == "device"
         self.mixing = True
         self._ops: dict[tuple[int, int, torch.device], _Steps] = {}
 

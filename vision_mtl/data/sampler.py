@@ -55,4 +55,5 @@ class EpochSampler(Sampler[int]):
         if not self.with_seeds:
             return iter(indices)
         positions = range(total)[self.rank::self.world][self.skipped:]
-        return iter((i, hash((self.seed, self.epoch, p)) % 2**32) for i, p in zip(indices, positions))  # int hash: fixed
+        # hash() of a tuple of ints is the same in every process and run (no PYTHONHASHSEED salt)
+        return iter((i, hash((self.seed, self.epoch, p)) % 2**32) for i, p in zip(indices, positions))
