@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from vision_mtl.config import Config
-from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.augment_albu import AlbumentationsAugment
 from vision_mtl.data.augment_presets import resolve_backend
+from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.sample import collate
 from vision_mtl.data.sampler import EpochSampler
