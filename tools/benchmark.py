@@ -5,6 +5,7 @@
     python tools/benchmark.py engine [--config cfg.yaml] [--rounds 10] [key=value ...]
     python tools/benchmark.py onnx --onnx fp32.onnx int8.onnx [--batch 1 8] [--rounds 10]
     python tools/benchmark.py precision --weights best.pt [--batch 1 8] [--rounds 10]
+    python tools/benchmark.py augment [--imgsz 640] [--batch 16] [--rounds 10] [--config cfg.yaml] [key=value ...]
     python tools/benchmark.py infer --weights best.pt [--source DIR] [--images 300] [--batch 16] [--workers 2]
                                     [--rounds 3] [--memory]
 
@@ -15,6 +16,8 @@ resident memory after 100 and after 1,000 images of one run. engine: one Trainer
 bare hand-written step (same model, batches, optimiser), and the trainer under bf16 (and fp16 on CUDA).
 onnx: exported graphs of one model (e.g. float32 and --int8) in onnxruntime (CPU), side by side.
 precision: a checkpoint in PyTorch, float32 vs bf16 autocast (forced, whatever the CPU supports).
+augment: images/s of the kornia device pipeline vs the albumentations backend, on the CPU, with the
+train.augment recipe (preset default unless set), decoding excluded from both.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 
 from vision_mtl.config import load_config
+from vision_mtl.benchmarks.augment import benchmark_augment
 from vision_mtl.benchmarks.engine import benchmark_engine
 from vision_mtl.benchmarks.model import (benchmark_export, benchmark_model, benchmark_onnx_files, benchmark_precision,
                                          random_model)
@@ -42,7 +46,7 @@ logger = logging.getLogger("benchmark")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["model", "export", "infer", "engine", "onnx", "precision"],
+    parser.add_argument("what", choices=["model", "export", "infer", "engine", "onnx", "precision", "augment"],
                         help="model: multi-task vs three single-task models; export: onnxruntime vs torch eager; "
                              "infer: folder inference vs its bound")
     parser.add_argument("--config", help="YAML config whose model section is measured (default: shapes)")
@@ -60,7 +64,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides such as model.backbone=resnet50")
     args = parser.parse_intermixed_args()
     {"model": run_model, "export": run_export, "infer": run_infer, "engine": run_engine,
-     "onnx": run_onnx, "precision": run_precision}[args.what](args)
+     "onnx": run_onnx, "precision": run_precision, "augment": run_augment}[args.what](args)
 
 
 def run_model(args: argparse.Namespace) -> None:
@@ -134,6 +138,15 @@ def run_infer(args: argparse.Namespace) -> None:
             peaks = memory_probe(Path(args.weights), big, Path(tmp) / "memory-run", batch, args.workers, (100, 1000))
             logger.info("  peak MiB after 100 images %.1f, after 1000 %.1f, ratio %.3f", peaks[100], peaks[1000],
                         peaks[1000] / peaks[100])
+
+
+def run_augment(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, ["train.augment.preset=default", *args.overrides])
+    imgsz, batch = args.imgsz or 640, (args.batch or [16])[0]
+    logger.info("augment benchmark: preset %s, %dx%d, batch %d, %d rounds, CPU, %d threads, no decoding",
+                cfg.train.augment.preset, imgsz, imgsz, batch, args.rounds, torch.get_num_threads())
+    for key, value in benchmark_augment(cfg.train.augment, imgsz, batch, args.rounds).items():
+        logger.info("  %-30s %.3f", key, value)
 
 
 def run_engine(args: argparse.Namespace) -> None:

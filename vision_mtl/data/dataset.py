@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,8 @@ class DetectionGroundTruth:
 class MultiTaskDataset(Dataset):
     """Every image of a split's sources, in order, as a letterboxed :class:`Sample` with its labels.
 
-    Tasks a source does not label are ``None`` in the Sample (``valid=False`` in the Batch). An image
+    Tasks a source does not label are ``None`` in the Sample (``valid=False`` in the Batch). With an
+    ``augment(sample, seed)``, an ``(index, seed)`` key returns the sample augmented. An image
     that cannot be decoded becomes a blank sample labelled for nothing (reported once), so an epoch
     never stops and batches keep their size; evaluation skips it through :meth:`labelled_for`.
     """
@@ -57,6 +59,7 @@ class MultiTaskDataset(Dataset):
         self.index_problems = split.problems
         self.load_problems = LoadProblems(len(self.records), split.name)
         self._ground_truth: DetectionGroundTruth | None = None
+        self.augment: Callable[[Sample, int], Sample] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -159,7 +162,12 @@ class MultiTaskDataset(Dataset):
         return None if np.all(weights == weights[0]) else weights
 
     # ---- loading
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self._load(index)
+        return sample if seed is None or self.augment is None else self.augment(sample, seed)
+
+    def _load(self, index: int) -> Sample:
         record, source, maps = self._locate(index)
         meta = {"path": str(record.path), "key": record.key, "index": index, "image_id": int(self.image_ids[index]),
                 "source": source.name}

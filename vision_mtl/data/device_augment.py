@@ -16,7 +16,8 @@ import torch
 
 from vision_mtl.config import AugmentConfig
 from vision_mtl.data.augment_boxes import box_corners, clip_quads
-from vision_mtl.data.augment_presets import resolve_augment
+from vision_mtl.data.augment_mix import mixup, mosaic
+from vision_mtl.data.augment_presets import resolve_augment, resolve_backend
 from vision_mtl.data.sample import IGNORE_INDEX, Batch
 
 _Op = K.AugmentationBase2D
@@ -24,8 +25,10 @@ _Steps = tuple[list[K.AugmentationSequential], K.AugmentationSequential | None] 
 
 
 class DeviceAugment:
-    """Geometric (random resized crop, horizontal flip, affine) then photometric (colour jitter,
-    grayscale, blur, noise) augmentation of a :class:`Batch`, as ``train.augment`` resolves.
+    """Mosaic, geometric (random resized crop, horizontal flip, affine), mixup, then photometric
+    (colour jitter, grayscale, blur, noise) augmentation of a :class:`Batch`, as ``train.augment``
+    resolves for training on ``device``. With the albumentations backend the workers did the per-image
+    ops, and only the conversion and the mixes (``augment_mix.py``) are left here.
 
     Takes uint8 images and returns float images in [0, 1]. Boxes follow their corners and are clipped
     to the image after each geometric op (so a later op cannot bring back a part an earlier one cut
@@ -34,16 +37,29 @@ class DeviceAugment:
     labelled for a task stay unlabelled; the input batch is not modified.
     """
 
-    def __init__(self, cfg: AugmentConfig):
+    def __init__(self, cfg: AugmentConfig, device: torch.device | str | None = None):
         self.params = resolve_augment(cfg)
+        if device is None:  # no training device to resolve ``backend: auto`` for: the per-image ops run here
+            self.per_image = cfg.backend != "albumentations"
+        else:
+            self.per_image = resolve_backend(cfg, torch.device(device)) == "device"
+        self.mixing = True
         self._ops: dict[tuple[int, int, torch.device], _Steps] = {}
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Mosaic and mixup stay off in the last ``mix_off_epochs`` of ``epochs`` (0-based ``epoch``)."""
+        self.mixing = epoch < epochs - self.params["mix_off_epochs"]
 
     def __call__(self, batch: Batch) -> Batch:
         images = to_float(batch.images)
         targets = {task: dict(t) for task, t in batch.targets.items()}
         geometric, photometric = self._pipelines(images.shape[-2], images.shape[-1], images.device)
+        if self.mixing and self.params["mosaic"] > 0:
+            images = mosaic(images, targets, self.params["mosaic"], self.params["min_box_area"])
         if geometric:
             images = self._geometric(geometric, images, targets)
+        if self.mixing and self.params["mixup"] > 0:
+            images = mixup(images, targets, self.params["mixup"])
         if photometric is not None:
             images = photometric(images).clamp(0.0, 1.0)
         return Batch(images, targets, batch.meta)
@@ -87,7 +103,7 @@ class DeviceAugment:
         ops, for this image size, their random generators on ``device`` (built once)."""
         key = (height, width, device)
         if key not in self._ops:
-            geometric, photometric = build_ops(self.params, (height, width))
+            geometric, photometric = build_ops(self.params, (height, width)) if self.per_image else ([], [])
             self._ops[key] = ([K.AugmentationSequential(op).to(device) for op in geometric],
                               K.AugmentationSequential(*photometric).to(device) if photometric else None)
         return self._ops[key]

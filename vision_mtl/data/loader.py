@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from vision_mtl.config import Config
+from vision_mtl.data.augment_albu import AlbumentationsAugment
+from vision_mtl.data.augment_presets import resolve_backend
 from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.sample import collate
@@ -17,6 +19,7 @@ from vision_mtl.data.sampler import EpochSampler
 from vision_mtl.data.shapes import ensure_shapes
 from vision_mtl.data.sources import Split, read_split, require_targets
 from vision_mtl.errors import DataError
+from vision_mtl.utils.runtime import resolve_device
 
 
 @dataclass
@@ -69,13 +72,18 @@ def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train:
 
     Training draws through an :class:`EpochSampler` (shuffled, or by the sources' weights when they
     differ, one epoch = as many images as the split holds, sharded over ``world`` processes);
-    validation goes through every image once, in order.
+    validation goes through every image once, in order. With the albumentations backend the training
+    workers augment each image (``augment_albu.py``), seeded through the sampler.
     """
     multi_label = cfg.model.classification.multi_label
     dataset = MultiTaskDataset(split, cfg.model.tasks, classes, cfg.data.image_size, multi_label)
     collate_fn = partial(collate, tasks=cfg.model.tasks, num_cls_classes=len(classes.get("classification", [])),
                          multi_label=multi_label)
-    sampler = EpochSampler(len(dataset), cfg.train.seed, dataset.sample_weights(), rank, world) if train else None
+    per_image = train and resolve_backend(cfg.train.augment, resolve_device(cfg.train.device)) == "albumentations"
+    if per_image:
+        dataset.augment = AlbumentationsAugment(cfg.train.augment, cfg.data.image_size)
+    sampler = EpochSampler(len(dataset), cfg.train.seed, dataset.sample_weights(), rank, world,
+                           with_seeds=per_image) if train else None
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,

@@ -23,10 +23,13 @@ class EpochSampler(Sampler[int]):
     process yields ``len(self)`` indices; the epoch length is the dataset size rounded down to a
     multiple of ``world`` so every process takes the same number of steps (DDP needs that).
     Call :meth:`set_epoch` before each epoch and :meth:`skip` to resume after ``n`` samples.
+    ``with_seeds``: yield ``(index, seed)`` pairs instead, the seed fixed by (seed, epoch, position in
+    the epoch), for per-image augmentation in the workers that resumes exactly.
     """
 
-    def __init__(self, size: int, seed: int, weights: np.ndarray | None = None, rank: int = 0, world: int = 1):
-        self.size, self.seed, self.rank, self.world = size, seed, rank, world
+    def __init__(self, size: int, seed: int, weights: np.ndarray | None = None, rank: int = 0, world: int = 1,
+                 with_seeds: bool = False):
+        self.size, self.seed, self.rank, self.world, self.with_seeds = size, seed, rank, world, with_seeds
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch, self.skipped = 0, 0
 
@@ -40,7 +43,7 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return max(1, self.size // self.world) - self.skipped
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         total = max(self.world, self.size - self.size % self.world)
         if self.weights is None:
@@ -48,4 +51,9 @@ class EpochSampler(Sampler[int]):
             order = order.repeat(-(-total // self.size))[:total]  # fewer images than processes: wrap
         else:
             order = torch.multinomial(self.weights, total, replacement=True, generator=generator)
-        return iter(order[self.rank::self.world][self.skipped:].tolist())
+        indices = order[self.rank::self.world][self.skipped:].tolist()
+        if not self.with_seeds:
+            return iter(indices)
+        positions = range(total)[self.rank::self.world][self.skipped:]
+        # hash() of a tuple of ints is the same in every process and run (no PYTHONHASHSEED salt)
+        return iter((i, hash((self.seed, self.epoch, p)) % 2**32) for i, p in zip(indices, positions))

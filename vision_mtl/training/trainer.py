@@ -99,7 +99,7 @@ class Trainer:
         self.batches_per_epoch = min(len(self.data.train), train.max_steps_per_epoch or len(self.data.train))
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.accumulate)
         self.scheduler = build_scheduler(self.optimizer, train, self.updates_per_epoch, train.epochs)
-        self.augment = DeviceAugment(train.augment)
+        self.augment = DeviceAugment(train.augment, self.device)
         self.evaluator = Evaluator(self.data.val, self.data.classes, cfg.model.classification.multi_label,
                                    ignore_index=cfg.model.segmentation.ignore_index)
         info = ModelInfo.of(self.model, cfg, self.data.classes, self.data.category_ids)
@@ -162,6 +162,7 @@ class Trainer:
         position, accumulate = self.position, self.cfg.train.accumulate
         sampler = self.data.train.sampler
         sampler.set_epoch(position.epoch)
+        self.augment.set_epoch(position.epoch, position.epochs)
         sampler.skip(position.batch * self.cfg.train.batch_size)
         started = time.perf_counter()
         bar = progress(self.data.train, total=self.batches_per_epoch, initial=position.batch, leave=False,
