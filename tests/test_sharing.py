@@ -159,18 +159,32 @@ def test_one_task_aggregated_gradient_is_its_plain_gradient(make_config, scheme)
     """The shared features of neck and branch sharing are backbone levels computed from one another
     (C3 from C2), like P6 from P5: through ``independent`` each path counts once, so UPGrad of a
     single task's Jacobian is exactly that task's gradient of the trunk."""
-    cfg = make_config(*SCHEMES[scheme], "model.branch_stage=3", "model.tasks=[segmentation]", "mtl.balancer=upgrad")
+    cfg = make_config(*SCHEMES[scheme], "model.branch_stage=4", "model.tasks=[segmentation]", "mtl.balancer=upgrad")
     torch.manual_seed(0)
     model = build_model(cfg.model, SHAPES_CLASSES)
     images, shared = torch.rand(2, 3, 64, 64), model.shared_parameters()
     expected = torch.autograd.grad(model(images)["segmentation"]["logits"].square().mean(), shared)
     features = independent(model.features(images))
-    assert len(features) >= 2  # levels computed from one another: the case independent() is for
+    assert {3, 4} <= set(features)  # C4 from C3, both read by the task: the case independent() is for
     loss = model.heads_forward(features)["segmentation"]["logits"].square().mean()
     build_balancer(cfg, cfg.model.tasks).backward({"segmentation": loss}, {"segmentation": torch.tensor(True)},
                                                   list(features.values()), shared)
     for param, grad in zip(shared, expected):
         torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_a_step_that_skips_a_task_skips_its_own_stages_and_neck(make_config, scheme):
+    """With ``mtl.schedule=round_robin`` a step trains one task: only that task's neck (and branch) run."""
+    trainer = Trainer(make_config(*SCHEMES[scheme], "mtl.schedule=round_robin", "train.plots=false"))
+    trainer.training_step(next(iter(trainer.data.train)))
+    trained = [task for task, neck in trainer.model.neck.items() if all(p.grad is not None for p in neck.parameters())]
+    assert len(trained) == 1
+    assert all(p.grad is None for task, neck in trainer.model.neck.items() if task != trained[0]
+               for p in neck.parameters())
+    if scheme == "branch":
+        assert [task for task, branch in trainer.model.backbone.branches.items()
+                if next(branch.parameters()).grad is not None] == trained
 
 
 def test_transfer_across_schemes_takes_what_fits_and_refuses_the_rest(make_config, scheme_runs):

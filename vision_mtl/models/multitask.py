@@ -64,7 +64,7 @@ class MultiTaskModel(nn.Module):
         the task Jacobians with respect to them): the pyramid ``{level: P}`` under hard sharing, the
         backbone's ``{level: C}`` under neck sharing, those of the shared stages under branch sharing."""
         feats = self.backbone((images - self.mean) / self.std)
-        return self.neck(feats) if isinstance(self.neck, PyramidNeck) else feats
+        return self.neck(feats) if self.sharing == "hard" else feats
 
     def heads_forward(self, features: dict[int, torch.Tensor], tasks: Sequence[str] | None = None) -> dict[str, Raw]:
         """Raw outputs of ``tasks`` (all by default) from the shared ``features``: each task's own
@@ -73,8 +73,8 @@ class MultiTaskModel(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The parameters of the trunk every task shares (what ``features`` is computed with)."""
-        shared = [*self.backbone.body.parameters()]
-        return shared + [*self.neck.parameters()] if isinstance(self.neck, PyramidNeck) else shared
+        trunk = [self.backbone.body, self.neck] if self.sharing == "hard" else [self.backbone.body]
+        return [param for module in trunk for param in module.parameters()]
 
     def task_parameters(self) -> list[nn.Parameter]:
         """Every parameter outside the shared trunk: the heads, and per-task necks and stages."""
@@ -87,9 +87,10 @@ class MultiTaskModel(nn.Module):
         return self.neck if self.sharing == "hard" else self.backbone
 
     def _task_pyramid(self, features: dict[int, torch.Tensor], task: str) -> dict[int, torch.Tensor]:
-        if isinstance(self.neck, PyramidNeck):
+        """The pyramid ``task``'s head reads: the shared one, or its own stages' and neck's."""
+        if self.sharing == "hard":
             return features
-        if isinstance(self.backbone, BranchedBackbone):
+        if self.sharing == "branch":
             features = self.backbone.branch(task, features)
         return self.neck[task](features)
 
