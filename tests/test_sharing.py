@@ -142,7 +142,7 @@ def test_each_scheme_trains_exports_and_infers(scheme, scheme_runs, tmp_path):
         assert np.array_equal(actual.mask, expected.mask)
 
 
-@pytest.mark.parametrize("scheme, balancer", [("neck", "pcgrad"), ("branch", "upgrad")])
+@pytest.mark.parametrize("scheme, balancer", [("neck", "pcgrad"), ("branch", "upgrad"), ("branch", "gradnorm")])
 def test_gradient_balancers_train_each_scheme(make_config, scheme, balancer):
     trainer = Trainer(make_config(*SCHEMES[scheme], f"mtl.balancer={balancer}", "train.plots=false"))
     batches = iter(trainer.data.train)
@@ -168,7 +168,7 @@ def test_one_task_aggregated_gradient_is_its_plain_gradient(make_config, scheme)
     assert {3, 4} <= set(features)  # C4 from C3, both read by the task: the case independent() is for
     loss = model.heads_forward(features)["segmentation"]["logits"].square().mean()
     build_balancer(cfg, cfg.model.tasks).backward({"segmentation": loss}, {"segmentation": torch.tensor(True)},
-                                                  list(features.values()), shared)
+                                                  list(features.values()), shared, model.task_parameters())
     for param, grad in zip(shared, expected):
         torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6)
 
