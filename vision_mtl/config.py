@@ -26,6 +26,7 @@ TASKS: tuple[str, ...] = ("classification", "detection", "segmentation")
 Task = Literal["classification", "detection", "segmentation"]
 PARTS: tuple[str, ...] = ("backbone", "neck", "heads")
 Part = Literal["backbone", "neck", "heads"]
+Sharing = Literal["hard", "neck", "branch"]
 
 
 @dataclass
@@ -72,6 +73,12 @@ class ModelConfig:
     initialise the ``init_parts``; a head is taken only when the checkpoint has its task with the
     same class names, else it is new. ``freeze`` stops training those parts (their norms stay in
     eval mode); a head not loaded from ``init_from`` is never frozen.
+
+    Sharing (``models/multitask.py``): ``sharing`` hard = one backbone and neck for all heads; neck =
+    one backbone, a neck per task; branch = backbone stages 1..``branch_stage`` shared, later stages
+    and the neck per task. Stages are numbered as in detectron2 (1 = the stride-2 stem, k = the
+    stage giving C<k>, stride 2^k). ``freeze_stages``: backbone stages 1..k do not train (norms in
+    eval mode) until the start of epoch ``unfreeze_epoch`` (counted from 1; null = never).
     """
 
     tasks: list[Task] = field(default_factory=lambda: list(TASKS))
@@ -84,6 +91,10 @@ class ModelConfig:
     init_from: str | None = None
     init_parts: list[Part] = field(default_factory=lambda: list(PARTS))
     freeze: list[Part] = field(default_factory=list)
+    sharing: Sharing = "hard"
+    branch_stage: int = 3
+    freeze_stages: int = 0
+    unfreeze_epoch: int | None = None
 
 
 SourceFormat = Literal["files", "coco", "yolo", "imagefolder", "csv", "masks"]
@@ -393,6 +404,7 @@ def validate(cfg: Config) -> None:
         value = _get_dotted(cfg, key)
         if value is not None and value < minimum:
             raise ConfigError(f"{key}={value} must be >= {minimum}")
+    _validate_sharing(cfg.model)
     if cfg.data.image_size % 32:
         raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of 32, e.g. "
                           f"{(cfg.data.image_size // 32 + 1) * 32}")
@@ -420,6 +432,20 @@ def validate(cfg: Config) -> None:
     _validate_run_name(cfg.run.name)
     for split in ("train", "val"):
         _validate_sources(getattr(cfg.data, split), f"data.{split}")
+
+
+def _validate_sharing(model: ModelConfig) -> None:
+    """Backbone stages exist as 1..5 (C1..C5); a branch point needs a stage after it."""
+    if not 1 <= model.branch_stage <= 4:
+        raise ConfigError(f"model.branch_stage={model.branch_stage} must be in 1..4 (stages up to it are shared; "
+                          "5 would share the whole backbone: use model.sharing=neck)")
+    if not 0 <= model.freeze_stages <= 5:
+        raise ConfigError(f"model.freeze_stages={model.freeze_stages} must be in 0..5 (0 freezes nothing)")
+    if model.unfreeze_epoch is not None and (model.unfreeze_epoch < 1 or not model.freeze_stages):
+        raise ConfigError(f"model.unfreeze_epoch={model.unfreeze_epoch} needs model.freeze_stages >= 1 and an epoch "
+                          ">= 1; set model.freeze_stages or model.unfreeze_epoch=null")
+    if model.freeze_stages and "backbone" in model.freeze:
+        raise ConfigError("model.freeze_stages and model.freeze=[backbone] both freeze the backbone; drop one of them")
 
 
 def _validate_run_name(name: str) -> None:

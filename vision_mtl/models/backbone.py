@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 
 import timm
 import torch
+from timm.models import FeatureDictNet
 from torch import nn
 
 from vision_mtl.errors import ModelError, first_line
@@ -42,6 +44,47 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         feats = self.body(x)
         return {lv: feats[i] for lv, i in zip(self.levels, self._indices)}
+
+    def taps(self) -> dict[str, int]:
+        """``{module name in body: level}``: where each pyramid level C2..C5 is read."""
+        names = self.body.feature_info.module_name()
+        return {names[i].replace(".", "_"): lv for lv, i in zip(self.levels, self._indices)}
+
+    def stage_modules(self, upto: int) -> list[nn.Module]:
+        """The modules of backbone stages 1..``upto`` (what ``model.freeze_stages`` freezes)."""
+        return [self.body[name] for name, stage in module_stages(self.body).items() if stage <= upto]
+
+
+def module_stages(body: nn.Module) -> dict[str, int]:
+    """``{module name: stage}`` for the modules of a timm feature extractor, in order: a module's
+    stage is the level log2(stride) of the first feature read at or after it (1 = the stride-2 stem).
+
+    Needs timm's FeatureListNet/FeatureDictNet (an ordered ``ModuleDict`` run module after module);
+    models with their own feature classes (EfficientNet, MobileNet, ...) cannot be split by stage."""
+    if not isinstance(body, FeatureDictNet):
+        raise ModelError(f"model.sharing=branch and model.freeze_stages need a backbone that timm builds as a "
+                         f"FeatureListNet (e.g. resnet, convnext, regnet), not {type(body).__name__}; "
+                         "use model.sharing=neck or hard and model.freeze_stages=0")
+    info = body.feature_info
+    taps = {name.replace(".", "_"): round(math.log2(r)) for name, r in zip(info.module_name(), info.reduction())}
+    stages, pending = {}, []
+    for name in body:
+        pending.append(name)
+        if name in taps:
+            stages.update(dict.fromkeys(pending, taps[name]))
+            pending = []
+    return stages
+
+
+def run_modules(modules: nn.ModuleDict, x: torch.Tensor, taps: dict[str, int]) -> dict[int, torch.Tensor]:
+    """Run ``modules`` one after the other on ``x`` (as timm's FeatureListNet does) and keep the
+    outputs of those named in ``taps``, by level."""
+    out = {}
+    for name, module in modules.items():
+        x = module(x)
+        if name in taps:
+            out[taps[name]] = x
+    return out
 
 
 def _create_timm(name: str, weights: str | None) -> nn.Module:

@@ -59,6 +59,9 @@ def init_from_checkpoint(model: MultiTaskModel, path: str | Path, parts: Sequenc
     state = load_checkpoint(path)
     theirs: dict[str, torch.Tensor] = state["model"]
     own = model.state_dict()
+    sharing = state["config"].get("model", {}).get("sharing", "hard")
+    trained_with = (f"; it was trained with model.sharing={sharing}, this model has model.sharing={model.sharing}"
+                    if sharing != model.sharing else "")
     report = LoadReport(str(path), unused=[k for k in theirs if k not in own])
     for name, keys in _groups(own).items():
         part, _, task = name.partition(".")
@@ -73,8 +76,9 @@ def init_from_checkpoint(model: MultiTaskModel, path: str | Path, parts: Sequenc
             continue
         problems = fit_problems({k: own[k] for k in keys}, {k: v for k, v in theirs.items() if _group(k) == name})
         if problems:
-            raise CheckpointError(f"model.init_from '{path}': its {name} does not fit this model ({problems}); "
-                                  f"use the checkpoint's model settings for it or drop {part} from model.init_parts")
+            raise CheckpointError(f"model.init_from '{path}': its {name} does not fit this model ({problems})"
+                                  f"{trained_with}; use the checkpoint's model settings for it or drop {part} from "
+                                  "model.init_parts")
         report.loaded += keys
         if task:
             report.loaded_heads.append(task)
@@ -94,12 +98,33 @@ def freeze_parts(model: MultiTaskModel, parts: Sequence[str], loaded_heads: Sequ
 
 
 def keep_frozen_in_eval(model: nn.Module) -> None:
-    """After ``model.train()``: put back in eval mode each part whose parameters are all frozen, so
-    its batch-norm statistics stay those it was trained with."""
-    for module in (model.backbone, model.neck, *model.heads.values()):
+    """After ``model.train()``: put back in eval mode each module whose parameters are all frozen (a
+    part, a backbone stage), so its batch-norm statistics stay those it was trained with."""
+    for module in model.modules():
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
             module.eval()
+
+
+def freeze_stages(model: MultiTaskModel, stages: int) -> None:
+    """``model.freeze_stages``: no gradients for backbone stages 1..``stages`` (call it after the
+    optimiser is built, so that it holds their parameters for when they unfreeze)."""
+    if not stages:
+        return
+    for module in model.backbone.stage_modules(stages):
+        module.requires_grad_(False)
+
+
+def unfreeze_stages(model: MultiTaskModel, cfg: ModelConfig, epoch: int) -> bool:
+    """At the start of ``epoch`` (from 0): the stages ``model.freeze_stages`` froze train again once
+    ``model.unfreeze_epoch`` (from 1) has come. True when this call unfroze them."""
+    if cfg.unfreeze_epoch is None or epoch + 1 < cfg.unfreeze_epoch:
+        return False
+    frozen = [p for module in model.backbone.stage_modules(cfg.freeze_stages) for p in module.parameters()
+              if not p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    return bool(frozen)
 
 
 def apply_transfer(model: MultiTaskModel, cfg: ModelConfig, classes: dict[str, list[str]]) -> LoadReport | None:

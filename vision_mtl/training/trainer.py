@@ -31,7 +31,8 @@ from vision_mtl.engine.runners import TorchRunner
 from vision_mtl.errors import VisionMTLError
 from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.models import build_model
-from vision_mtl.models.transfer import apply_transfer, keep_frozen_in_eval
+from vision_mtl.models.summary import sharing_summary
+from vision_mtl.models.transfer import apply_transfer, freeze_stages, keep_frozen_in_eval, unfreeze_stages
 from vision_mtl.mtl import build_balancer, captured_features, check_trainable, independent
 from vision_mtl.mtl.schedule import build_schedule, with_skipped
 from vision_mtl.training.distributed import process_device, replicate, share_buffers, with_sync_bn
@@ -93,9 +94,10 @@ class Trainer:
         self.model.to(memory_format=self.memory_format)
         self.ema = ModelEmaV3(self.model, decay=train.ema_decay, use_warmup=True) if train.ema_decay else None
         self.schedule = build_schedule(cfg, cfg.model.tasks, self.data.train.dataset)
+        self.optimizer = build_optimizer(self.model, train, self.balancer.parameters())
+        freeze_stages(self.model, cfg.model.freeze_stages)  # after the optimiser: it keeps them for the unfreeze
         self.ddp, self.network = replicate(self.model, self.processes, self.device, train.compile, self.schedule.skips)
         self.precision = Precision(train.amp, self.device)
-        self.optimizer = build_optimizer(self.model, train, self.balancer.parameters())
         self.batches_per_epoch = min(len(self.data.train), train.max_steps_per_epoch or len(self.data.train))
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.accumulate)
         self.scheduler = build_scheduler(self.optimizer, train, self.updates_per_epoch, train.epochs)
@@ -140,6 +142,8 @@ class Trainer:
         logger.info("run folder %s | device %s x%d | %s | tasks %s | %d train / %d val images", self.run_dir,
                     self.device, self.processes.world, self.precision.name, ", ".join(self.model.tasks),
                     len(self.data.train.dataset), len(self.data.val.dataset))
+        if self.main:
+            logger.info(sharing_summary(self.model, self.cfg.train.batch_size, self.cfg.data.image_size, self.device))
         evaluation, first_epoch = None, self.position.epoch
         with StopSignals() as stop:
             while self.position.epoch < self.position.epochs:
@@ -157,6 +161,9 @@ class Trainer:
 
     def _train_epoch(self, stop: StopSignals) -> bool:
         """The rest of the current epoch; False when stopped by a signal."""
+        if unfreeze_stages(self.model, self.cfg.model, self.position.epoch):  # DDP must learn of their gradients
+            self.ddp, self.network = replicate(self.model, self.processes, self.device, self.cfg.train.compile,
+                                               self.schedule.skips)
         self.network.train()
         keep_frozen_in_eval(self.model)
         position, accumulate = self.position, self.cfg.train.accumulate
@@ -200,7 +207,7 @@ class Trainer:
         owns_backward = self.balancer.owns_backward
         tasks = self.schedule.next()  # None: every head; else only these run, and only their losses count
         capture = self.balancer.needs_features and not owns_backward  # GradNorm: the forward stays in DDP
-        with no_sync, captured_features(self.model.neck, capture) as captured:
+        with no_sync, captured_features(self.model.features_end, capture) as captured:
             with self.precision.autocast():  # a gradient balancer needs the shared features (bypasses DDP)
                 features = independent(self.model.features(images)) if owns_backward else captured
                 raw = self.model.heads_forward(features, tasks) if owns_backward else self.network(images, tasks)
@@ -210,9 +217,8 @@ class Trainer:
                                               present, self.balancer.tasks)
             total = self.balancer(task_sums, present, list(features.values()))
             if owns_backward:
-                shared = [*self.model.backbone.parameters(), *self.model.neck.parameters()]
-                self.balancer.backward(task_sums, present, list(features.values()), shared,
-                                       list(self.model.heads.parameters()), scale=1 / self.cfg.train.accumulate,
+                self.balancer.backward(task_sums, present, list(features.values()), self.model.shared_parameters(),
+                                       self.model.task_parameters(), scale=1 / self.cfg.train.accumulate,
                                        loss_scale=self.precision.loss_scale(), processes=self.processes)
             else:
                 self.precision.scale(total / self.cfg.train.accumulate).backward()
