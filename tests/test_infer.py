@@ -29,6 +29,7 @@ from vision_mtl.inference.pipeline import infer_folder
 from vision_mtl.inference.records import RecordLog, finished
 from vision_mtl.inference.sources import ImageFile, list_source
 from vision_mtl.utils.distributed import Processes
+from vision_mtl.utils.runtime import cpu_has_bf16
 
 CONF = "0.01"  # the tiny test model is barely trained: a low threshold keeps detections to compare
 GOOD = ["a.jpg", "b.png", "gray.png", "rotated.jpg", "sub/c.bmp", "sub/deeper/d.webp", "sub/deeper/e.tiff",
@@ -67,6 +68,13 @@ def weights(trained_run) -> Path:
 @pytest.fixture(scope="module")
 def images(shapes_root, tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("images") / "photos", shapes_root)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(weights, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_checkpoint(weights, path, exporter="torchscript")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +156,8 @@ def test_detections_load_in_pycocotools(full_run, weights):
         assert w >= 0 and h >= 0 and x + w <= image["width"] + 0.01 and y + h <= image["height"] + 0.01
 
 
-def test_checkpoint_and_onnx_write_the_same_results(full_run, weights, images, tmp_path):
-    onnx_path = tmp_path / "model.onnx"
-    export_checkpoint(weights, onnx_path, exporter="torchscript")
-    run(onnx_path, images, tmp_path / "onnx", overlays=True)
+def test_checkpoint_and_onnx_write_the_same_results(full_run, onnx_model, images, tmp_path):
+    run(onnx_model, images, tmp_path / "onnx", overlays=True)
     expected, actual = output_files(full_run[0]), output_files(tmp_path / "onnx")
     assert expected.keys() == actual.keys()
     for name in expected:
@@ -331,17 +337,26 @@ def test_predictor_is_importable_from_the_package():
     assert vision_mtl.Predictor is Predictor
 
 
-def test_benchmark_infer_prints_the_bound_and_each_part(weights, images):
-    proc = run_tool("benchmark.py", "infer", "--weights", str(weights), "--source", str(images), "--rounds", "1",
-                    "--workers", "0", "--batch", "4")
+def test_benchmark_infer_prints_each_candidate_and_its_bound(weights, onnx_model, images):
+    proc = run_tool("benchmark.py", "infer", "--weights", str(weights), "--onnx", str(onnx_model), "--source",
+                    str(images), "--rounds", "1", "--workers", "0", "--batch", "4")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    values = {key: float(value) for key, value in re.findall(r"^\s+(\w[\w /]*?)\s{2,}([0-9.]+)$", output, flags=re.M)}
-    assert values["images"] == len(GOOD) + 1  # the good images and the corrupt one
-    for part in ("decode", "model", "pipeline"):  # one round: every figure follows from the printed times
-        assert_printed_quotient(values[f"{part} images/s"], values["images"], values[f"{part} s"], 1e-3)
-    bound = max(values["decode s"], values["model s"])
-    assert_printed_quotient(values["bound / pipeline"], bound, values["pipeline s"], 1e-3)
+    images_line = re.search(r"images (\d+); decode s ([0-9.]+)", output)
+    assert int(images_line[1]) == len(GOOD) + 1  # the good images and the corrupt one
+    decode = float(images_line[2])
+    numbers = r"\s+".join([r"([0-9.]+)"] * 6)
+    rows = re.findall(r"^\s+((?:torch|onnx) .*?)\s{2,}" + numbers + "$", output, flags=re.M)
+    names = [row[0] for row in rows]
+    bf16 = "torch bf16" if cpu_has_bf16() else "torch bf16 (fp32: no native bf16)"
+    assert names == ["torch float32", bf16, "onnx float32 (model.onnx)"], output
+    for name, model_s, pipeline_s, pipeline_rate, model_rate, bound_ratio, versus in rows:
+        model_s, pipeline_s = float(model_s), float(pipeline_s)  # one round: every figure follows from the times
+        assert_printed_quotient(float(pipeline_rate), len(GOOD) + 1, pipeline_s, 1e-3)
+        assert_printed_quotient(float(model_rate), len(GOOD) + 1, model_s, 1e-3)
+        assert_printed_quotient(float(bound_ratio), max(decode, model_s), pipeline_s, 1e-3)
+        onnx_rate = float(rows[2][3])
+        assert_printed_quotient(float(versus), float(pipeline_rate), onnx_rate, 1e-3)
 
 
 def test_multi_label_csv_lists_the_predicted_classes_and_every_score(tmp_path):

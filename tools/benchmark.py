@@ -6,12 +6,14 @@
     python tools/benchmark.py onnx --onnx fp32.onnx int8.onnx [--batch 1 8] [--rounds 10]
     python tools/benchmark.py precision --weights best.pt [--batch 1 8] [--rounds 10]
     python tools/benchmark.py augment [--imgsz 640] [--batch 16] [--rounds 10] [--config cfg.yaml] [key=value ...]
-    python tools/benchmark.py infer --weights best.pt [--source DIR] [--images 300] [--batch 16] [--workers 2]
-                                    [--rounds 3] [--memory]
+    python tools/benchmark.py infer --weights best.pt [--onnx fp32.onnx int8.onnx] [--imgsz 320] [--source DIR]
+                                    [--images 300] [--batch 16] [--workers 2] [--rounds 3] [--memory]
 
 model: one multi-task forward vs the three single-task models. export: the exported graph in
 onnxruntime (CPU) vs PyTorch eager, network and postprocessing (NMS, argmax) included. infer:
-folder inference throughput vs its bound max(decode only, model only); --memory adds the peak
+folder inference throughput vs its bound max(decode only, model only), side by side for the
+checkpoint in float32 and bf16 and each --onnx export (default folder: the shared coco128 photos,
+else --images shapes images); --memory adds the peak
 resident memory after 100 and after 1,000 images of one run. engine: one Trainer optimiser step vs a
 bare hand-written step (same model, batches, optimiser), and the trainer under bf16 (and fp16 on CUDA).
 onnx: exported graphs of one model (e.g. float32 and --int8) in onnxruntime (CPU), side by side.
@@ -37,7 +39,7 @@ from vision_mtl.benchmarks.model import (benchmark_export, benchmark_model, benc
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.engine.runners import OnnxRunner, TorchRunner, load_torch_runner
 from vision_mtl.errors import ConfigError
-from vision_mtl.benchmarks.infer import benchmark_folder, benchmark_infer, memory_probe
+from vision_mtl.benchmarks.infer import benchmark_folder, benchmark_infer, coco128_images, memory_probe
 from vision_mtl.utils.cli import DEFAULT_CONFIG, run_tool
 from vision_mtl.utils.runtime import cpu_has_bf16, resolve_device
 
@@ -55,12 +57,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--weights", help="export: time this trained checkpoint instead of random weights; "
                                           "infer: the checkpoint or ONNX model to run (required)")
-    parser.add_argument("--source", help="infer: image folder (default: --images copies of coco128, else shapes)")
+    parser.add_argument("--source", help="infer: image folder (default: the shared coco128 images, else --images shapes images)")
     parser.add_argument("--images", type=int, default=300, help="infer: size of the default folder")
     parser.add_argument("--workers", type=int, default=2, help="infer: decoding processes")
     parser.add_argument("--memory", action="store_true", help="infer: also peak memory after 100 and 1,000 images")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="export: torch.onnx exporter")
-    parser.add_argument("--onnx", nargs="+", type=Path, help="onnx: the exported files to time (ratios to the first)")
+    parser.add_argument("--onnx", nargs="+", type=Path, help="onnx: the exported files to time (ratios to the first); infer: exports of --weights "
+                                                      "to run beside it (e.g. float32 and --int8)")
     parser.add_argument("overrides", nargs="*", help="config overrides such as model.backbone=resnet50")
     args = parser.parse_intermixed_args()
     {"model": run_model, "export": run_export, "infer": run_infer, "engine": run_engine,
@@ -123,16 +126,24 @@ def run_precision(args: argparse.Namespace) -> None:
 def run_infer(args: argparse.Namespace) -> None:
     if not args.weights:
         raise ConfigError("benchmark infer needs --weights: a checkpoint (e.g. runs/shapes/best.pt) or an ONNX model")
-    predictor = Predictor(args.weights, image_size=args.imgsz)
+    predictors = infer_candidates(args.weights, args.onnx or [], args.imgsz)
+    first = next(iter(predictors.values()))
     batch = (args.batch or [16])[0]
     with tempfile.TemporaryDirectory(prefix="vision_mtl_bench_") as tmp:
-        source = Path(args.source) if args.source else benchmark_folder(Path(tmp) / "folder", args.images)
-        logger.info("infer benchmark: %s, %s, %dx%d, batch %d, %d workers, %d rounds, %d threads", args.weights,
-                    source, predictor.image_size, predictor.image_size, batch, args.workers, args.rounds,
-                    torch.get_num_threads())
-        result = benchmark_infer(predictor, source, batch, args.workers, args.rounds, Path(tmp) / "runs")
-        for key, value in result.items():
-            logger.info("  %-22s %.3f", key, value)
+        source = Path(args.source) if args.source else coco128_images() or benchmark_folder(Path(tmp) / "folder",
+                                                                                             args.images)
+        logger.info("infer benchmark: %s, %s, %dx%d, batch %d, %d workers, %d rounds, %d threads, outputs written",
+                    ", ".join(predictors), source, first.image_size, first.image_size, batch, args.workers,
+                    args.rounds, torch.get_num_threads())
+        rows = benchmark_infer(predictors, source, batch, args.workers, args.rounds, Path(tmp) / "runs")
+        base = next((name for name in rows if name.startswith("onnx float32")), next(iter(rows)))
+        logger.info("  images %d; decode s %.3f", *(next(iter(rows.values()))[k] for k in ("images", "decode s")))
+        logger.info("  %-34s %9s %11s %18s %15s %17s %s", "candidate", "model s", "pipeline s", "pipeline images/s",
+                    "model images/s", "bound / pipeline", f"pipeline vs {base}")
+        for name, row in rows.items():
+            logger.info("  %-34s %9.3f %11.3f %18.3f %15.3f %17.3f %.3f", name, row["model s"], row["pipeline s"],
+                        row["pipeline images/s"], row["model images/s"], row["bound / pipeline"],
+                        row["pipeline images/s"] / rows[base]["pipeline images/s"])
         if args.memory:
             big = benchmark_folder(Path(tmp) / "memory", 1000)
             peaks = memory_probe(Path(args.weights), big, Path(tmp) / "memory-run", batch, args.workers, (100, 1000))
@@ -147,6 +158,20 @@ def run_augment(args: argparse.Namespace) -> None:
                 cfg.train.augment.preset, imgsz, imgsz, batch, args.rounds, torch.get_num_threads())
     for key, value in benchmark_augment(cfg.train.augment, imgsz, batch, args.rounds).items():
         logger.info("  %-30s %.3f", key, value)
+
+def infer_candidates(weights: str, onnx: list[Path], imgsz: int | None) -> dict[str, Predictor]:
+    """A checkpoint in float32 and bf16 (fp32 where this CPU has no native bf16), or one ONNX
+    model; then each further ONNX export, named by backend and precision."""
+    if Path(weights).suffix.lower() == ".onnx":
+        predictors = {}
+    else:
+        bf16 = Predictor(weights, image_size=imgsz, precision="bf16")
+        predictors = {"torch float32": Predictor(weights, image_size=imgsz),
+                      "torch bf16" if bf16.runner.precision == "bf16" else "torch bf16 (fp32: no native bf16)": bf16}
+    for path in [Path(weights)] * (not predictors) + onnx:
+        predictor = Predictor(path, image_size=imgsz)
+        predictors[f"onnx {predictor.runner.precision} ({path.name})"] = predictor
+    return predictors
 
 
 def run_engine(args: argparse.Namespace) -> None:

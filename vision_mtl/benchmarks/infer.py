@@ -15,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 
@@ -28,13 +29,14 @@ from vision_mtl.inference.sources import list_source
 from vision_mtl.utils.distributed import Processes
 
 
-def benchmark_infer(predictor: Predictor, source: Path, batch_size: int, workers: int, rounds: int,
-                    scratch: Path) -> dict[str, float]:
-    """Seconds for decoding alone, the model alone (on pre-decoded batches, postprocessing to
-    original size included) and the whole pipeline (files written), as medians; images/s of
-    each; and the median per-round ratio bound / pipeline, where bound = max(decode, model)."""
+def benchmark_infer(predictors: dict[str, Predictor], source: Path, batch_size: int, workers: int, rounds: int,
+                    scratch: Path) -> dict[str, dict[str, float]]:
+    """For each named predictor (all at one input size), side by side in interleaved rounds on the
+    same files: seconds for the model alone (on pre-decoded batches, postprocessing to original size
+    included) and the whole pipeline (files written), decoding alone (shared by all), as medians;
+    images/s of each; and the median per-round ratio bound / pipeline, bound = max(decode, model)."""
     files = list_source(source)
-    size = predictor.image_size
+    size = next(iter(predictors.values())).image_size
     batches = [loaded.batch for loaded in file_loader(files, size, batch_size, 0) if loaded.batch is not None]
     runs = count()
 
@@ -42,22 +44,32 @@ def benchmark_infer(predictor: Predictor, source: Path, batch_size: int, workers
         for _ in file_loader(files, size, batch_size, workers):
             pass
 
-    def model() -> None:
-        for batch in batches:
-            predictor.predict_batch(batch)
+    def model(predictor: Predictor) -> Callable[[], None]:
+        def run() -> None:
+            for batch in batches:
+                predictor.predict_batch(batch)
+        return run
 
-    def pipeline() -> None:
-        infer_folder(predictor, source, scratch / f"run{next(runs)}", batch_size=batch_size, workers=workers,
-                     show_progress=False, processes=Processes())
+    def pipeline(predictor: Predictor) -> Callable[[], None]:
+        return lambda: infer_folder(predictor, source, scratch / f"run{next(runs)}", batch_size=batch_size,
+                                    workers=workers, show_progress=False, processes=Processes())
 
-    times = interleaved_timings({"decode": decode, "model": model, "pipeline": pipeline}, rounds, warmup=1)
-    result: dict[str, float] = {"images": len(files)}
-    for name, seconds in times.items():
-        result[f"{name} s"] = statistics.median(seconds)
-        result[f"{name} images/s"] = len(files) / statistics.median(seconds)
-    result["bound / pipeline"] = statistics.median(
-        max(d, m) / p for d, m, p in zip(times["decode"], times["model"], times["pipeline"]))
-    return result
+    candidates: dict[str, Callable[[], object]] = {"decode": decode}
+    for name, predictor in predictors.items():
+        predictor.predict_batch(batches[0])  # warm-up: one batch, not a whole round per model
+        candidates.update({f"{name} model": model(predictor), f"{name} pipeline": pipeline(predictor)})
+    times = interleaved_timings(candidates, rounds, warmup=0)
+    rows: dict[str, dict[str, float]] = {}
+    for name in predictors:
+        row: dict[str, float] = {"images": len(files)}
+        parts = {"decode": times["decode"], "model": times[f"{name} model"], "pipeline": times[f"{name} pipeline"]}
+        for part, seconds in parts.items():
+            row[f"{part} s"] = statistics.median(seconds)
+            row[f"{part} images/s"] = len(files) / statistics.median(seconds)
+        row["bound / pipeline"] = statistics.median(
+            max(d, m) / p for d, m, p in zip(parts["decode"], parts["model"], parts["pipeline"]))
+        rows[name] = row
+    return rows
 
 
 def memory_probe(weights: Path, source: Path, out: Path, batch_size: int, workers: int,
@@ -104,11 +116,17 @@ def _status_kib(pid: str, key: str) -> int:
     return 0
 
 
+def coco128_images() -> Path | None:
+    """The shared coco128 photos (``<workspace>/shared/datasets/coco128/images``), where present."""
+    coco = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "coco128" / "images"
+    return coco if coco.is_dir() and list_images(coco) else None
+
+
 def benchmark_folder(root: Path, images: int) -> Path:
     """``images`` images to run on: coco128's real photos repeated when the shared dataset is
     there, else synthetic shapes images; written under ``root``."""
-    coco = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "coco128" / "images"
-    originals = list_images(coco) if coco.is_dir() else []
+    coco = coco128_images()
+    originals = list_images(coco) if coco else []
     if not originals:
         shapes = ensure_shapes(root / "shapes", num_train=min(images, 200), num_val=1, image_size=320)
         originals = list_images(shapes / "train" / "images")

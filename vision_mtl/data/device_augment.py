@@ -18,7 +18,7 @@ from vision_mtl.config import AugmentConfig
 from vision_mtl.data.augment_boxes import box_corners, clip_quads
 from vision_mtl.data.augment_mix import mixup, mosaic
 from vision_mtl.data.augment_presets import resolve_augment, resolve_backend
-from vision_mtl.data.sample import IGNORE_INDEX, Batch
+from vision_mtl.data.sample import IGNORE_INDEX, Batch, to_float  # noqa: F401 (to_float: also imported from here)
 
 _Op = K.AugmentationBase2D
 _Steps = tuple[list[K.AugmentationSequential], K.AugmentationSequential | None]  # geometric steps, photometric
@@ -131,8 +131,3 @@ def build_ops(p: dict[str, Any], size: tuple[int, int]) -> tuple[list[_Op], list
     if p["noise"] > 0 and p["noise_std"] > 0:
         photometric.append(K.RandomGaussianNoise(std=p["noise_std"], p=p["noise"]))
     return geometric, photometric
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float in [0, 1], the model's input convention."""
-    return images.float() / 255.0

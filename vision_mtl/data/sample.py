@@ -101,3 +101,8 @@ def _collate_detection(samples: list[Sample]) -> dict[str, torch.Tensor]:
             boxes[i, : len(s.boxes)] = torch.from_numpy(s.boxes)
             labels[i, : len(s.labels)] = torch.from_numpy(s.labels)
     return {"boxes": boxes, "labels": labels, "valid": torch.tensor([s.boxes is not None for s in samples])}
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float in [0, 1], the model's input convention."""
+    return images.float() / 255.0

@@ -4,13 +4,16 @@ outputs mean exactly what ``model.predict`` gives."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from vision_mtl.config import DetectionConfig
 from vision_mtl.engine.results import Predictions
-from vision_mtl.models import MultiTaskModel
-from vision_mtl.models.heads.detection import select_detections
+
+if TYPE_CHECKING:
+    from vision_mtl.models import MultiTaskModel
 
 # name -> (task, prediction key, meaning); a task's outputs come in the order its head gives them
 OUTPUTS: dict[str, tuple[str, str, str]] = {
@@ -74,6 +77,7 @@ def predictions_from_outputs(outputs: dict[str, torch.Tensor], detection: Detect
         preds.setdefault(task, {})[key] = tensor
     det = preds.get("detection", {})
     if "candidate_boxes" in det:
+        from vision_mtl.models.heads.detection import select_detections  # torchvision: only for --no-nms graphs
         preds["detection"] = select_detections(det["candidate_boxes"], det["candidate_scores"], detection)
     if "logits" in preds.get("segmentation", {}):
         preds["segmentation"] = {"mask": preds["segmentation"]["logits"].argmax(dim=1)}

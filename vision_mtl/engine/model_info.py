@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vision_mtl.config import Config, config_to_dict
 from vision_mtl.errors import CheckpointError
-from vision_mtl.models import MultiTaskModel
+
+if TYPE_CHECKING:
+    from vision_mtl.models import MultiTaskModel
 
 
 @dataclass

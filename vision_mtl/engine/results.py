@@ -8,14 +8,14 @@ through :func:`split_predictions` / :func:`restore_mask`, so they cannot drift a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torchvision.ops import clip_boxes_to_image
 
 from vision_mtl.data.transforms import content_shape
 
+MaskT = TypeVar("MaskT", torch.Tensor, np.ndarray)
 Predictions = dict[str, dict[str, torch.Tensor]]  # {task: {name: batched tensor}}, as the heads' predict gives
 
 
@@ -65,27 +65,38 @@ def split_predictions(preds: Predictions, metas: list[dict[str, Any]]) -> list[I
         if "detection" in cpu:
             det = cpu["detection"]
             n = int(det["num"][i])
-            boxes = clip_boxes_to_image(det["boxes"][i, :n] / scale, (height, width))
+            boxes = clip_boxes(det["boxes"][i, :n] / scale, height, width)
             # a box in the letterbox padding is empty once clipped to the image: not a detection
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             result.boxes = boxes[keep].numpy()
             result.scores, result.labels = det["scores"][i, :n][keep].numpy(), det["labels"][i, :n][keep].numpy()
         if "segmentation" in cpu:
-            mask = restore_mask(cpu["segmentation"]["mask"][i], meta)
-            result.mask = mask.numpy().astype(np.uint8 if int(mask.max()) < 256 else np.int32)
+            mask = cpu["segmentation"]["mask"][i].numpy()  # resized as the smallest dtype its ids fit: 8x less to move
+            result.mask = restore_mask(mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.int32), meta)
         results.append(result)
     return results
 
 
-def restore_mask(mask: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
-    """A letterboxed [H, W] class-id mask at the image's original size: crop the content, then
-    nearest-neighbour resize by integer index arithmetic (exact, and the same on every device)."""
+def restore_mask(mask: MaskT, meta: dict[str, Any]) -> MaskT:
+    """A letterboxed [H, W] class-id mask (tensor on any device, or numpy array) at the image's
+    original size: crop the content, then nearest-neighbour resize by integer index arithmetic
+    (exact, the same on every device; numpy's row/column gathers are the fastest on the CPU)."""
     height, width = meta["orig_size"]
     content_height, content_width = content_shape((height, width), meta["scale"])
     content = mask[:content_height, :content_width]
-    rows = torch.arange(height, device=mask.device) * content.shape[0] // height
-    cols = torch.arange(width, device=mask.device) * content.shape[1] // width
-    return content.index_select(0, rows).index_select(1, cols)
+    rows = np.arange(height) * content.shape[0] // height
+    cols = np.arange(width) * content.shape[1] // width
+    if isinstance(content, np.ndarray):
+        return content[rows][:, cols]
+    return content.index_select(0, torch.from_numpy(rows).to(mask.device)).index_select(
+        1, torch.from_numpy(cols).to(mask.device))
+
+
+def clip_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """xyxy boxes clipped to the image (torchvision's ``clip_boxes_to_image`` without importing
+    torchvision, which costs folder inference of an ONNX model a second of start-up)."""
+    limits = boxes.new_tensor([width, height, width, height])
+    return torch.minimum(boxes.clamp(min=0), limits)
 
 
 def coco_detections(result: ImageResult, category_ids: list[int]) -> list[dict[str, Any]]:

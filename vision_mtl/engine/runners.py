@@ -11,21 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from vision_mtl.config import Config, config_from_dict, config_to_dict, flat_keys, load_config
-from vision_mtl.data.device_augment import to_float
-from vision_mtl.engine.checkpoint import checkpoint_config, load_checkpoint, model_from_state
+from vision_mtl.data.sample import to_float
 from vision_mtl.engine.export_wrapper import OUTPUTS, predictions_from_outputs
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.results import Predictions
 from vision_mtl.errors import CheckpointError, ConfigError, first_line
-from vision_mtl.models import MultiTaskModel
 from vision_mtl.utils.runtime import Precision, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    from vision_mtl.models import MultiTaskModel
 
 
 class Runner(Protocol):
@@ -119,6 +120,7 @@ def load_torch_runner(weights: str | Path, config: str | Path | None = None,
                       precision: Precision = "fp32") -> tuple[TorchRunner, Config]:
     """A checkpoint's model, rebuilt from its config with ``config``/``overrides`` on top, on
     ``train.device``, in ``precision`` as that device supports it."""
+    from vision_mtl.engine.checkpoint import checkpoint_config, load_checkpoint, model_from_state  # timm, torchvision: not for ONNX
     state = load_checkpoint(weights)
     base = config_to_dict(checkpoint_config(state, weights))  # an unreadable saved config names the checkpoint
     cfg = load_config(config, overrides, base=base)

@@ -24,6 +24,7 @@ from vision_mtl.utils.overlay import draw_overlay
 logger = logging.getLogger(__name__)
 
 BOX_DECIMALS, SCORE_DECIMALS = 2, 5  # 0.01 px and 1e-5: beyond what any metric or user can see
+PNG_LEVEL = 1
 
 
 class ResultWriter:
@@ -99,9 +100,12 @@ def to_record(result: ImageResult) -> Record:
 
 
 def encode_png(mask: np.ndarray) -> bytes:
-    """A class-index PNG: 8-bit up to 255 classes, else 16-bit."""
+    """A class-index PNG: 8-bit up to 255 classes, else 16-bit. zlib level 1: masks are long runs
+    of a few values, so it writes ~2x faster than PIL's default level 6, same pixels, larger files."""
+    if mask.dtype != np.uint8:
+        mask = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)
     buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.uint16)).save(buffer, format="PNG")
+    Image.fromarray(mask).save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
 
 
