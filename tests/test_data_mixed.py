@@ -101,7 +101,9 @@ def test_training_draws_follow_source_weights_and_val_goes_through_each_source_o
     write_label_csv(scene_root / "labels.csv", {"a.png": "x", "b.png": "y", "sub/c.png": "x", "d.png": "y"})
     light = {"format": "csv", "images": "images", "labels": "labels.csv"}
     heavy = {**light, "weight": 3.0}
-    cfg = mixed_config(make_config, scene_root, [light, heavy], None, "model.tasks=[classification]")
+    # the device backend: the sampler yields plain indices (albumentations also gets a seed per draw)
+    cfg = mixed_config(make_config, scene_root, [light, heavy], None, "model.tasks=[classification]",
+                       "train.augment.backend=device")
     data = build_data(cfg)
     draws = Counter()
     for epoch in range(50):
@@ -115,7 +117,7 @@ def test_training_draws_follow_source_weights_and_val_goes_through_each_source_o
 
 
 def test_equal_weights_keep_plain_shuffling(make_config):
-    data = build_data(make_config())
+    data = build_data(make_config("train.augment.backend=device"))
     sampler = data.train.sampler
     assert sampler.weights is None
     sampler.set_epoch(0)

@@ -73,7 +73,8 @@ def test_forward_and_predict_shapes_all_heads():
     assert raw["detection"]["centerness"].shape == (2, num_points)
     assert raw["detection"]["points"].shape == (num_points, 2)
     assert raw["detection"]["strides"].shape == (num_points,)
-    assert raw["segmentation"]["logits"].shape == (2, 5, SIZE // 4, SIZE // 4)
+    finest = 2 ** min(cfg.model.segmentation.levels)
+    assert raw["segmentation"]["logits"].shape == (2, 5, SIZE // finest, SIZE // finest)
 
     preds = model.predict(raw, (SIZE, SIZE))
     scores = preds["classification"]["scores"]
