@@ -15,7 +15,8 @@ class SegmentationHead(TaskHead):
     """Panoptic-FPN style semantic branch (Kirillov et al. 2019).
 
     Each level P_l passes through ``max(1, l - lowest)`` conv blocks, each followed by a 2x
-    upsample, so all reach the finest level (1/4 for P2); the sum goes through a 1x1 classifier.
+    upsample, so all reach the finest level (1/8 for the default P3, 1/4 with P2); the sum goes through
+    a 1x1 classifier.
     Training: ``targets["mask"]`` int64 [B, H, W] at input size, ``ignore_index`` for unlabelled
     pixels; loss = cross-entropy + Dice on logits upsampled to the input size.
     ``predict`` gives ``mask`` [B, H, W] class ids at ``image_size``.
