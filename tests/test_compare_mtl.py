@@ -57,7 +57,8 @@ def test_compare_tool_writes_the_table_and_reuses_finished_runs(tiny_overrides, 
         metrics = json.loads((out / name / "outcome.json").read_text())["metrics"]
         changes = [(metrics[key] - singles[task]) / singles[task] if singles[task] else math.nan for task, key in pairs]
         assert float(rows[name]["Δm %"]) == pytest.approx(100 * sum(changes) / 2, nan_ok=True)
-        assert float(rows[name]["train x singles"]) > 0 and float(rows[name]["inference x singles"]) > 0
+    for column in ("train x singles", "inference x singles"):  # each single's share of the singles' sum
+        assert sum(float(rows[n][column]) for n in names[:2]) == pytest.approx(1.0)
     assert rows["single-segmentation"]["Δm %"] == "" and rows["single-segmentation"]["classification/top1"] == ""
     assert "| seg2 |" in (out / "compare.md").read_text()
     stamp = (out / "seg2" / "outcome.json").stat().st_mtime_ns
