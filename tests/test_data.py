@@ -16,10 +16,10 @@ from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.dataset import MultiTaskDataset
 from vision_mtl.data.device_augment import DeviceAugment
 from vision_mtl.data.loader import build_data
-from vision_mtl.data.sample import IGNORE_INDEX, Batch, Sample, collate
+from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Batch, Sample, collate
 from vision_mtl.data.shapes import MARKER, ensure_shapes
 from vision_mtl.data.sources import read_split
-from vision_mtl.data.transforms import PAD_VALUE, letterbox
+from vision_mtl.data.transforms import letterbox
 from vision_mtl.engine.results import split_predictions
 from vision_mtl.errors import DataError, VisionMTLError
 

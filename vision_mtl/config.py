@@ -152,7 +152,13 @@ def _shapes_split(split: str) -> list[SourceConfig]:
 
 @dataclass
 class DataConfig:
-    """Where the data lives, the sources of each split, and how images are sized for the network."""
+    """Where the data lives, the sources of each split, and how images are sized for the network.
+
+    ``decode``: where training JPEGs are decoded: ``cpu`` (the DataLoader workers), ``device`` (the
+    workers hand over the bytes; the batch is decoded and letterboxed on the training device, nvJPEG on
+    CUDA; ``data/device_decode.py``), ``auto`` (device on CUDA with the device augmentation backend,
+    else cpu). Validation always decodes in the workers.
+    """
 
     root: str = "data/shapes"
     synthetic: Literal["shapes"] | None = None
@@ -163,6 +169,7 @@ class DataConfig:
     image_size: int = 128
     seg_classes: list[str] | None = None
     num_workers: int = 1
+    decode: Literal["auto", "cpu", "device"] = "auto"
 
 
 @dataclass

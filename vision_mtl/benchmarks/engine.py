@@ -16,6 +16,7 @@ import torch
 
 from vision_mtl.benchmarks.model import interleaved_timings
 from vision_mtl.config import Config
+from vision_mtl.data.device_decode import decode_pending
 from vision_mtl.training.optim import build_optimizer
 from vision_mtl.training.trainer import Trainer
 
@@ -57,14 +58,14 @@ def trainer_step(trainer: Trainer, batches: list) -> Callable[[], None]:
 
 
 def _bare_step(trainer: Trainer, batches: list) -> Callable[[], None]:
-    """The loop anyone would write by hand: augment, forward, weighted loss sum, backward, step."""
+    """The loop anyone would write by hand: decode (when the loader left JPEGs to the device), augment, forward, weighted loss sum, backward, step."""
     model = copy.deepcopy(trainer.model).train()
     optimizer = build_optimizer(model, trainer.cfg.train)
     weights, augment = trainer.cfg.train.loss_weights, trainer.augment
     cycle = itertools.cycle(batches)
 
     def step() -> None:
-        batch = augment(next(cycle).to(trainer.device))
+        batch = augment(decode_pending(next(cycle).to(trainer.device)))
         losses = model.loss(model(batch.images.contiguous(memory_format=trainer.memory_format)), batch.targets)
         total = sum(getattr(weights, task) * sum(parts.values()) for task, parts in losses.items())
         optimizer.zero_grad(set_to_none=True)

@@ -17,8 +17,7 @@ import numpy as np
 
 from vision_mtl.config import AugmentConfig
 from vision_mtl.data.augment_presets import resolve_augment
-from vision_mtl.data.sample import IGNORE_INDEX, Sample
-from vision_mtl.data.transforms import PAD_VALUE
+from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Sample
 
 
 class AlbumentationsAugment:

@@ -12,6 +12,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make
 
 from vision_mtl.config import Config
 from vision_mtl.data.device_augment import DeviceAugment
+from vision_mtl.data.device_decode import decode_pending
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, Batch
 from vision_mtl.utils.overlay import palette
@@ -25,8 +26,10 @@ def augment_preview(cfg: Config, batches: int = 1) -> np.ndarray:
     ``cfg.train.seed``): boxes with class names, mask outlines per class, ignore pixels greyed."""
     torch.manual_seed(cfg.train.seed)
     data = build_data(cfg)
-    augment = DeviceAugment(cfg.train.augment, resolve_device(cfg.train.device))
-    tiles = [tile for batch in islice(data.train, batches) for tile in _draw(augment(batch), data.classes)]
+    device = resolve_device(cfg.train.device)
+    augment = DeviceAugment(cfg.train.augment, device)
+    tiles = [tile for batch in islice(data.train, batches)
+             for tile in _draw(augment(decode_pending(batch.to(device))), data.classes)]
     grid = make_grid(torch.stack(tiles), nrow=min(8, len(tiles)), padding=2, pad_value=255)
     return grid.permute(1, 2, 0).numpy()
 

@@ -12,13 +12,13 @@ from torch.utils.data import Dataset
 from vision_mtl.data import problems as kinds
 from vision_mtl.data.classes import ClassMaps
 from vision_mtl.data.coco import coco_dict
-from vision_mtl.data.image_io import image_size, read_image, read_mask
+from vision_mtl.data.image_io import image_size, read_image, read_jpeg_bytes, read_mask
 from vision_mtl.data.problems import LoadProblems, ProblemLog
 from vision_mtl.data.rasterize import semantic_mask
 from vision_mtl.data.records import Record, SourceIndex
-from vision_mtl.data.sample import IGNORE_INDEX, Sample
+from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Sample
 from vision_mtl.data.sources import Split
-from vision_mtl.data.transforms import PAD_VALUE, letterbox
+from vision_mtl.data.transforms import letterbox, letterbox_labels
 from vision_mtl.errors import DataError
 
 
@@ -35,9 +35,11 @@ class MultiTaskDataset(Dataset):
     """Every image of a split's sources, in order, as a letterboxed :class:`Sample` with its labels.
 
     Tasks a source does not label are ``None`` in the Sample (``valid=False`` in the Batch). With an
-    ``augment(sample, seed)``, an ``(index, seed)`` key returns the sample augmented. An image
-    that cannot be decoded becomes a blank sample labelled for nothing (reported once), so an epoch
-    never stops and batches keep their size; evaluation skips it through :meth:`labelled_for`.
+    ``augment(sample, seed)``, an ``(index, seed)`` key returns the sample augmented. With
+    ``defer_jpeg``, a plain JPEG comes back undecoded (its bytes in ``Sample.encoded``, labels already
+    letterboxed) for the training device to decode. An image that cannot be decoded becomes a blank
+    sample labelled for nothing (reported once), so an epoch never stops and batches keep their size;
+    evaluation skips it through :meth:`labelled_for`.
     """
 
     def __init__(self, split: Split, tasks: list[str], classes: dict[str, list[str]], image_size: int,
@@ -60,6 +62,7 @@ class MultiTaskDataset(Dataset):
         self.load_problems = LoadProblems(len(self.records), split.name)
         self._ground_truth: DetectionGroundTruth | None = None
         self.augment: Callable[[Sample, int], Sample] | None = None
+        self.defer_jpeg = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -172,14 +175,15 @@ class MultiTaskDataset(Dataset):
         meta = {"path": str(record.path), "key": record.key, "index": index, "image_id": int(self.image_ids[index]),
                 "source": source.name}
         try:
-            image = read_image(record.path)
+            encoded = read_jpeg_bytes(record.path) if self.defer_jpeg else None
+            image = None if encoded else read_image(record.path)
         except DataError as exc:
             self.load_problems.report(index, kinds.UNREADABLE_IMAGE, record.path, str(exc.__cause__ or exc))
             blank = np.full((self.image_size, self.image_size, 3), PAD_VALUE, np.uint8)
             return letterbox(Sample(blank, meta={**meta, "skipped": True}), self.image_size)
         sample = Sample(image, meta=meta)
         tasks = self.labelled_for(index)
-        size = image.shape[:2]
+        size = encoded[1] if encoded else image.shape[:2]
         if record.size is not None and record.size != size and tasks & {"detection", "segmentation"}:
             self.load_problems.report(index, kinds.LABEL_SIZE, record.path, f"annotated {record.size}, decoded {size}")
             tasks = self.labelled_for(index)
@@ -191,6 +195,9 @@ class MultiTaskDataset(Dataset):
             sample.mask = self._mask(index, size)
         if "classification" in tasks:
             sample.label = self._encode(self.class_targets[index])
+        if encoded:
+            sample = sample.replace(encoded=encoded[0], meta={**meta, "canvas": self.image_size})
+            return letterbox_labels(sample, size, self.image_size)
         return letterbox(sample, self.image_size)
 
     def _mask(self, index: int, size: tuple[int, int]) -> np.ndarray | None:

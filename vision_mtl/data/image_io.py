@@ -66,6 +66,20 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
 
 
+def read_jpeg_bytes(path: str | Path) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """The file's bytes and (height, width), from its header alone, when it is a plain JPEG a device
+    decodes to the image :func:`read_image` gives (``device_decode.py``): RGB, baseline, no EXIF
+    rotation. None when it must be decoded on the CPU; DataError when it cannot be opened."""
+    try:
+        with Image.open(path) as img:
+            plain = (img.format == "JPEG" and img.mode == "RGB" and not img.info.get("progressive")
+                     and img.getexif().get(_EXIF_ORIENTATION, 1) == 1)
+            width, height = img.size
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
+    return (np.fromfile(path, np.uint8), (height, width)) if plain else None
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """HxW class-index mask from a single-channel or palette PNG (palette indices are the class ids)."""
     try:

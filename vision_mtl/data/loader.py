@@ -14,6 +14,7 @@ from vision_mtl.data.augment_albu import AlbumentationsAugment
 from vision_mtl.data.augment_presets import resolve_backend
 from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.dataset import MultiTaskDataset
+from vision_mtl.data.device_decode import decodes_on_device
 from vision_mtl.data.sample import collate
 from vision_mtl.data.sampler import EpochSampler
 from vision_mtl.data.shapes import ensure_shapes
@@ -73,15 +74,18 @@ def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train:
     Training draws through an :class:`EpochSampler` (shuffled, or by the sources' weights when they
     differ, one epoch = as many images as the split holds, sharded over ``world`` processes);
     validation goes through every image once, in order. With the albumentations backend the training
-    workers augment each image (``augment_albu.py``), seeded through the sampler.
+    workers augment each image (``augment_albu.py``), seeded through the sampler; when JPEGs are
+    decoded on the device (``data.decode``) the training workers hand over their bytes instead.
     """
     multi_label = cfg.model.classification.multi_label
     dataset = MultiTaskDataset(split, cfg.model.tasks, classes, cfg.data.image_size, multi_label)
     collate_fn = partial(collate, tasks=cfg.model.tasks, num_cls_classes=len(classes.get("classification", [])),
                          multi_label=multi_label)
-    per_image = train and resolve_backend(cfg.train.augment, resolve_device(cfg.train.device)) == "albumentations"
+    device = resolve_device(cfg.train.device)
+    per_image = train and resolve_backend(cfg.train.augment, device) == "albumentations"
     if per_image:
         dataset.augment = AlbumentationsAugment(cfg.train.augment, cfg.data.image_size)
+    dataset.defer_jpeg = train and decodes_on_device(cfg, device)
     sampler = EpochSampler(len(dataset), cfg.train.seed, dataset.sample_weights(), rank, world,
                            with_seeds=per_image) if train else None
     return DataLoader(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 IGNORE_INDEX = 255
+PAD_VALUE = 114  # the grey of letterbox padding
 
 
 @dataclass
@@ -18,15 +19,18 @@ class Sample:
     image: HxWx3 uint8 RGB. boxes: [N, 4] float32 xyxy in pixels, labels: [N] int64 class indices.
     mask: HxW integer class ids, ``IGNORE_INDEX`` where unlabelled. label: class index, or a
     multi-hot float32 [C] vector for multi-label classification. meta: path, orig_size (h, w),
-    image_id, and ``scale`` once resized.
+    image_id, and ``scale`` once resized. encoded: the JPEG file's bytes when the image is to be decoded
+    on the training device (``device_decode.py``); ``image`` is then None, the labels are already
+    letterboxed and ``meta["canvas"]`` is the letterbox size.
     """
 
-    image: np.ndarray
+    image: np.ndarray | None
     boxes: np.ndarray | None = None
     labels: np.ndarray | None = None
     mask: np.ndarray | None = None
     label: int | np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    encoded: np.ndarray | None = None
 
     @property
     def has(self) -> set[str]:
@@ -48,15 +52,18 @@ class Sample:
 class Batch:
     """A collated batch: ``images`` uint8 [B, 3, H, W]; ``targets[task]`` holds tensors with a
     leading batch dim and a ``valid`` [B] bool mask. Detection targets are padded to the largest
-    box count: ``boxes`` [B, M, 4], ``labels`` [B, M] with -1 for padding."""
+    box count: ``boxes`` [B, M, 4], ``labels`` [B, M] with -1 for padding. ``encoded``: batch position ->
+    JPEG bytes (uint8, on the CPU) of the images still to be decoded on the device, whose rows of
+    ``images`` hold padding until :func:`~vision_mtl.data.device_decode.decode_pending` fills them."""
 
     images: torch.Tensor
     targets: dict[str, dict[str, torch.Tensor]]
     meta: list[dict[str, Any]]
+    encoded: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> Batch:
         targets = {task: {k: v.to(device, non_blocking=True) for k, v in t.items()} for task, t in self.targets.items()}
-        return Batch(self.images.to(device, non_blocking=True), targets, self.meta)
+        return Batch(self.images.to(device, non_blocking=True), targets, self.meta, self.encoded)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -64,7 +71,7 @@ class Batch:
 
 def collate(samples: list[Sample], tasks: list[str], num_cls_classes: int = 0, multi_label: bool = False) -> Batch:
     """Stack same-sized samples into a :class:`Batch`, padding boxes and marking missing labels invalid."""
-    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous()
+    images, encoded = _stack_images(samples)
     size = images.shape[-2:]
     targets: dict[str, dict[str, torch.Tensor]] = {}
     if "classification" in tasks:
@@ -77,7 +84,20 @@ def collate(samples: list[Sample], tasks: list[str], num_cls_classes: int = 0, m
             "mask": torch.from_numpy(np.stack(masks).astype(np.int64)),
             "valid": torch.tensor([s.mask is not None for s in samples]),
         }
-    return Batch(images, targets, [s.meta for s in samples])
+    return Batch(images, targets, [s.meta for s in samples], encoded)
+
+
+def _stack_images(samples: list[Sample]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """uint8 [B, 3, H, W]; a sample still JPEG-encoded gets a padding row and its bytes in the dict."""
+    encoded = {i: torch.from_numpy(s.encoded) for i, s in enumerate(samples) if s.image is None}
+    if not encoded:
+        return torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).contiguous(), encoded
+    side = samples[next(iter(encoded))].meta["canvas"]
+    images = torch.full((len(samples), 3, side, side), PAD_VALUE, dtype=torch.uint8)
+    for i, sample in enumerate(samples):
+        if sample.image is not None:
+            images[i] = torch.from_numpy(sample.image).permute(2, 0, 1)
+    return images, encoded
 
 
 def _collate_classification(samples: list[Sample], num_classes: int, multi_label: bool) -> dict[str, torch.Tensor]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vision_mtl.data.sample import IGNORE_INDEX, Sample
-
-PAD_VALUE = 114
+from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Sample
 
 
 def letterbox(sample: Sample, size: int) -> Sample:
@@ -17,12 +15,21 @@ def letterbox(sample: Sample, size: int) -> Sample:
     network pixel / ``meta["scale"]``. Padded mask pixels are ``IGNORE_INDEX``.
     """
     h, w = sample.image.shape[:2]
-    scale = min(size / h, size / w)
+    scale = letterbox_scale((h, w), size)
     new_h, new_w = content_shape((h, w), scale)
     image = _resize(sample.image, new_w, new_h, cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
     canvas[:new_h, :new_w] = image
-    changes = {"image": canvas, "meta": {**sample.meta, "orig_size": (h, w), "scale": scale}}
+    return letterbox_labels(sample.replace(image=canvas), (h, w), size)
+
+
+def letterbox_labels(sample: Sample, orig_size: tuple[int, int], size: int) -> Sample:
+    """The labels part of :func:`letterbox` for an image of ``orig_size`` (boxes scaled and clipped,
+    mask resized nearest and padded with ignore, ``orig_size``/``scale`` in meta); the image is left
+    as it is, so a JPEG decoded later on the GPU can be letterboxed there (``device_decode.py``)."""
+    scale = letterbox_scale(orig_size, size)
+    new_h, new_w = content_shape(orig_size, scale)
+    changes = {"meta": {**sample.meta, "orig_size": tuple(orig_size), "scale": scale}}
     if sample.boxes is not None:
         boxes = sample.boxes * np.float32(scale)
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, new_w)
@@ -33,6 +40,11 @@ def letterbox(sample: Sample, size: int) -> Sample:
         mask[:new_h, :new_w] = _resize(sample.mask, new_w, new_h, cv2.INTER_NEAREST)
         changes["mask"] = mask
     return sample.replace(**changes)
+
+
+def letterbox_scale(orig_size: tuple[int, int], size: int) -> float:
+    """The factor that fits an image of ``orig_size`` (height, width) into a ``size`` square."""
+    return min(size / orig_size[0], size / orig_size[1])
 
 
 def content_shape(orig_size: tuple[int, int], scale: float) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from timm.utils import ModelEmaV3
 
 from vision_mtl.config import Config, save_config
 from vision_mtl.data.device_augment import DeviceAugment
+from vision_mtl.data.device_decode import decode_pending
 from vision_mtl.data.loader import build_data, prepare_synthetic
 from vision_mtl.data.problems import describe
 from vision_mtl.data.sample import Batch
@@ -199,7 +200,7 @@ class Trainer:
 
     def run_step(self, batch: Batch, sync_gradients: bool = True) -> None:
         """Forward, losses and backward of one batch (gradients accumulate until :meth:`update`)."""
-        batch = self.augment(batch.to(self.device))
+        batch = self.augment(decode_pending(batch.to(self.device), self.data.train.dataset.load_problems))
         images = batch.images.contiguous(memory_format=self.memory_format)
         if not self.pending:  # the first batch of an optimiser step; gradients stay readable until the next
             self.optimizer.zero_grad(set_to_none=True)
