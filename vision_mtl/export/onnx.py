@@ -23,6 +23,7 @@ from torch import nn
 from vision_mtl.engine.export_wrapper import OUTPUTS, ExportWrapper
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.runners import load_torch_runner
+from vision_mtl.export.nms_onnx import dynamo_translations, register_torchscript_symbolic
 from vision_mtl.export.quantize import calibration_batches, compare_int8, quantize_int8, val_accuracy_change
 from vision_mtl.export.verify import FLOAT16, FLOAT32, sample_batches, verify_onnx
 from vision_mtl.errors import CheckpointError, ConfigError, ExportError, first_line
@@ -121,11 +122,13 @@ def _export_dynamo(module: nn.Module, example: torch.Tensor, path: Path, opset: 
         shapes[2] = 32 * torch.export.Dim("height_32", min=1, max=256)
         shapes[3] = 32 * torch.export.Dim("width_32", min=1, max=256)
     torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=["images"],
-                      output_names=module.output_names, dynamic_shapes=(shapes,), opset_version=opset, verbose=False)
+                      output_names=module.output_names, dynamic_shapes=(shapes,), opset_version=opset, verbose=False,
+                      custom_translation_table=dynamo_translations())
 
 
 def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, opset: int | None,
                         dynamic: bool) -> None:
+    register_torchscript_symbolic()
     spatial = {2: "height", 3: "width"} if dynamic else {}
     axes = {"images": {0: "batch", **spatial}}
     for name in module.output_names:

@@ -7,10 +7,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import clip_boxes_to_image, nms, sigmoid_focal_loss
+from torchvision.ops import clip_boxes_to_image, sigmoid_focal_loss
 
 from vision_mtl.config import DetectionConfig
 from vision_mtl.models.heads.base import Raw, TaskHead, conv_norm_act, masked_mean
+from vision_mtl.models.heads.nms import multiclass_nms
 
 
 class DetectionHead(TaskHead):
@@ -151,19 +152,8 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectionC
     top_labels = top_idx % num_classes
     top_boxes = torch.gather(boxes, 1, point_idx.unsqueeze(-1).expand(-1, -1, 4))  # [B, k, 4]
 
-    # one NMS over the flattened batch, grouped by image x class, then top-K back per image
-    flat_boxes, flat_scores = top_boxes.reshape(-1, 4), top_scores.reshape(-1)
-    image_idx = torch.arange(batch, device=boxes.device).unsqueeze(1).expand(-1, k)
-    groups = (image_idx * num_classes + top_labels).reshape(-1)
-    # batched_nms's coordinate trick, written out: above 4,000 boxes on CPU batched_nms switches to a
-    # per-class loop, a size test torch.export cannot decide for a dynamic batch. Shifting before
-    # the score filter keeps the offset free of data-dependent shapes.
-    # The extra zero keeps max() defined for an empty batch.
-    offset = torch.cat([flat_boxes.flatten(), flat_boxes.new_zeros(1)]).max() + 1
-    shifted = flat_boxes + (groups * offset).unsqueeze(1)
-    candidates = torch.nonzero(flat_scores > cfg.score_thresh).squeeze(1)
-    keep = candidates[nms(shifted[candidates], flat_scores[candidates], cfg.nms_thresh)]
-    kept_scores = torch.zeros_like(flat_scores).scatter(0, keep, flat_scores[keep]).view(batch, k)
+    keep = multiclass_nms(top_boxes, top_scores, top_labels, num_classes, cfg.nms_thresh, cfg.score_thresh)
+    kept_scores = torch.where(keep, top_scores, torch.zeros_like(top_scores))
     out_scores, order = kept_scores.topk(min(cfg.max_detections, k), dim=1)
     found = out_scores > 0
     out_boxes = torch.gather(top_boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4)) * found.unsqueeze(-1)
