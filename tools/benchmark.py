@@ -5,7 +5,7 @@
     python tools/benchmark.py engine [--config cfg.yaml] [--rounds 10] [key=value ...]
     python tools/benchmark.py onnx --onnx fp32.onnx int8.onnx [--batch 1 8] [--rounds 10]
     python tools/benchmark.py precision --weights best.pt [--batch 1 8] [--rounds 10]
-    python tools/benchmark.py augment [--imgsz 640] [--batch 16] [--rounds 10] [--config cfg.yaml] [key=value ...]
+    python tools/benchmark.py augment [--decode] [--imgsz 640] [--batch 16] [--rounds 10] [--config cfg.yaml] [key=value ...]
     python tools/benchmark.py infer --weights best.pt [--onnx fp32.onnx int8.onnx] [--imgsz 320] [--source DIR]
                                     [--images 300] [--batch 16] [--workers 2] [--rounds 3] [--memory]
 
@@ -19,7 +19,10 @@ bare hand-written step (same model, batches, optimiser), and the trainer under b
 onnx: exported graphs of one model (e.g. float32 and --int8) in onnxruntime (CPU), side by side.
 precision: a checkpoint in PyTorch, float32 vs bf16 autocast (forced, whatever the CPU supports).
 augment: images/s of the kornia device pipeline vs the albumentations backend, on the CPU, with the
-train.augment recipe (preset default unless set), decoding excluded from both.
+train.augment recipe (preset default unless set), decoding excluded from both. augment --decode: from
+the config's training files (e.g. --config configs/coco128.yaml), one epoch per round through the
+training loader (data.num_workers workers): JPEGs decoded and augmented on the training device
+(data.decode=device, kornia) vs decoded and augmented by albumentations in the workers; CUDA when present.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 
 from vision_mtl.config import load_config
-from vision_mtl.benchmarks.augment import benchmark_augment
+from vision_mtl.benchmarks.augment import benchmark_augment, benchmark_decode
 from vision_mtl.benchmarks.engine import benchmark_engine
 from vision_mtl.benchmarks.model import (benchmark_export, benchmark_model, benchmark_onnx_files, benchmark_precision,
                                          random_model)
@@ -61,6 +64,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="infer: size of the default folder")
     parser.add_argument("--workers", type=int, default=2, help="infer: decoding processes")
     parser.add_argument("--memory", action="store_true", help="infer: also peak memory after 100 and 1,000 images")
+    parser.add_argument("--decode", action="store_true", help="augment: from the training files, JPEG decoding "
+                                                              "on the device vs in the workers")
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="export: torch.onnx exporter")
     parser.add_argument("--onnx", nargs="+", type=Path, help="onnx: the exported files to time (ratios to the first); infer: exports of --weights "
                                                       "to run beside it (e.g. float32 and --int8)")
@@ -152,8 +157,17 @@ def run_infer(args: argparse.Namespace) -> None:
 
 
 def run_augment(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config, ["train.augment.preset=default", *args.overrides])
     imgsz, batch = args.imgsz or 640, (args.batch or [16])[0]
+    cfg = load_config(args.config, ["train.augment.preset=default", *args.overrides, f"data.image_size={imgsz}",
+                                    f"train.batch_size={batch}"])
+    if args.decode:
+        device = resolve_device(cfg.train.device)
+        logger.info("augment benchmark, decoding included: preset %s, training split of %s, %dx%d, batch %d, "
+                    "%d workers, %d rounds, device %s, %d threads", cfg.train.augment.preset, cfg.data.root, imgsz,
+                    imgsz, batch, cfg.data.num_workers, args.rounds, device, torch.get_num_threads())
+        for key, value in benchmark_decode(cfg, args.rounds, device).items():
+            logger.info("  %-44s %s", key, value if isinstance(value, int) else f"{value:.3f}")
+        return
     logger.info("augment benchmark: preset %s, %dx%d, batch %d, %d rounds, CPU, %d threads, no decoding",
                 cfg.train.augment.preset, imgsz, imgsz, batch, args.rounds, torch.get_num_threads())
     for key, value in benchmark_augment(cfg.train.augment, imgsz, batch, args.rounds).items():

@@ -1,20 +1,27 @@
 """The two augmentation backends side by side: the kornia pipeline on the batch against albumentations
-per image (then collated and finished on the device), same recipe, same letterboxed samples in memory.
-Decoding is in neither: both start from the uint8 samples the workers would hand over."""
+per image (then collated and finished on the device), same recipe. :func:`benchmark_augment` starts both
+from the same letterboxed samples in memory (no decoding); :func:`benchmark_decode` starts both from a
+training split's files, so JPEG decoding on the device (``data.decode=device``) meets decoding in the workers."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import statistics
+from collections.abc import Callable
 
 import numpy as np
+import torch
 
-from vision_mtl.config import TASKS, AugmentConfig
+from vision_mtl.config import TASKS, AugmentConfig, Config
 from vision_mtl.benchmarks.model import interleaved_timings
 from vision_mtl.data.augment_albu import AlbumentationsAugment
 from vision_mtl.data.device_augment import DeviceAugment
+from vision_mtl.data.device_decode import decode_pending
+from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import Sample, collate
+
+DEVICE_DECODE, ALBUMENTATIONS = "device decode + augmentation", "albumentations"
 
 
 def benchmark_augment(cfg: AugmentConfig, image_size: int, batch_size: int, rounds: int) -> dict[str, float]:
@@ -33,6 +40,41 @@ def benchmark_augment(cfg: AugmentConfig, image_size: int, batch_size: int, roun
     result["ratio device / albumentations"] = statistics.median(
         a / d for d, a in zip(times["device"], times["albumentations"]))
     return result
+
+
+def benchmark_decode(cfg: Config, rounds: int, device: torch.device) -> dict[str, float]:
+    """Images/s from ``cfg``'s training files to augmented batches on ``device``, one epoch per call:
+    the training loader handing JPEG bytes to ``decode_pending`` and the kornia pipeline, against the
+    loader whose workers decode and augment with albumentations (DeviceAugment finishing). Same workers,
+    images, size and recipe; medians over ``rounds`` interleaved rounds, and the median per-round ratio."""
+    epochs = {DEVICE_DECODE: _training_epoch(cfg, device, decode="device", backend="device"),
+              ALBUMENTATIONS: _training_epoch(cfg, device, decode="cpu", backend="albumentations")}
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    images = epochs[DEVICE_DECODE]()  # also starts that loader's workers; the warm-up round starts the other's
+    times = interleaved_timings(epochs, rounds, warmup=1, sync=sync)
+    result = {"images per round": images}
+    result.update({f"{name} images/s": images / statistics.median(ts) for name, ts in times.items()})
+    result[f"ratio device decode / {ALBUMENTATIONS}"] = statistics.median(
+        a / d for d, a in zip(times[DEVICE_DECODE], times[ALBUMENTATIONS]))
+    return result
+
+
+def _training_epoch(cfg: Config, device: torch.device, decode: str, backend: str) -> Callable[[], int]:
+    """One pass over the training loader of ``cfg`` with ``data.decode`` and the augmentation backend set,
+    each batch decoded (where deferred) and augmented on ``device`` as the trainer does; returns the image count."""
+    augment_cfg = dataclasses.replace(cfg.train.augment, backend=backend)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, decode=decode),
+                              train=dataclasses.replace(cfg.train, device=str(device), augment=augment_cfg))
+    loader, augment = build_data(cfg).train, DeviceAugment(augment_cfg, device)
+    problems = loader.dataset.load_problems
+
+    def epoch() -> int:
+        count = 0
+        for batch in loader:
+            count += len(augment(decode_pending(batch.to(device), problems)))
+        return count
+
+    return epoch
 
 
 def synthetic_samples(count: int, size: int) -> list[Sample]:

@@ -22,7 +22,7 @@ from timm.utils import ModelEmaV3
 
 from vision_mtl.config import Config, save_config
 from vision_mtl.data.device_augment import DeviceAugment
-from vision_mtl.data.device_decode import decode_pending
+from vision_mtl.data.device_decode import decode_pending, decodes_on_device
 from vision_mtl.data.loader import build_data, prepare_synthetic
 from vision_mtl.data.problems import describe
 from vision_mtl.data.sample import Batch
@@ -78,6 +78,7 @@ class Trainer:
         if not self.main:
             logging.getLogger("vision_mtl").setLevel(logging.WARNING)
         self.device = process_device(train.device, self.processes)
+        decodes_on_device(cfg, self.device)  # a data.decode conflict stops before any data is written
         self.balancer = build_balancer(cfg, cfg.model.tasks).to(self.device)
         if self.balancer.needs_features:
             check_trainable(cfg)
