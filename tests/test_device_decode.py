@@ -155,14 +155,17 @@ def test_files_a_device_would_decode_differently_stay_with_the_workers(tmp_path,
     assert cpu.meta[by_key(cpu)["rotated.jpg"]]["orig_size"] == WORKER_DECODED["rotated.jpg"]
 
 
+@pytest.mark.parametrize("broken", ["cut file", "undecodable bytes"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_truncated_jpeg_loses_its_labels_once_and_the_batch_goes_on(tmp_path, make_config, caplog, device):
-    """A JPEG whose header reads but whose data is cut passes the workers as bytes; decoding it fails, so its
-    sample keeps its place unlabelled for every task (as the CPU path makes it), reported once over two
-    epochs, and the rest of the batch is decoded as usual."""
+def test_a_broken_jpeg_loses_its_labels_once_and_the_batch_goes_on(tmp_path, make_config, caplog, device, broken):
+    """A JPEG cut short (no end-of-image marker) stays with the workers, whose decoder refuses it, as every
+    decoder should (nvJPEG's leniency is not relied on); bytes no decoder can read reaching the device
+    (a corrupt file whose header reads) fail there. Either way its sample keeps its place unlabelled for
+    every task, it is reported once over two epochs, and the rest of the batch is decoded as usual."""
     overrides = write_source(tmp_path, PLAIN)
-    truncated = tmp_path / "images" / "shrink.jpg"
-    truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
+    if broken == "cut file":
+        truncated = tmp_path / "images" / "shrink.jpg"
+        truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
     cpu, _ = first_batch(make_config(*overrides, *CPU_PATH))
     caplog.set_level(logging.WARNING)
     caplog.clear()  # the CPU path's own report of the file
@@ -170,7 +173,10 @@ def test_a_truncated_jpeg_loses_its_labels_once_and_the_batch_goes_on(tmp_path, 
     for epoch in range(2):
         loader.sampler.set_epoch(epoch)
         pending = next(iter(loader))
-        assert "shrink.jpg" in {Path(pending.meta[i]["key"]).name for i in pending.encoded}
+        deferred = {Path(pending.meta[i]["key"]).name: i for i in pending.encoded}
+        assert ("shrink.jpg" in deferred) == (broken == "undecodable bytes")
+        if broken == "undecodable bytes":
+            pending.encoded[deferred["shrink.jpg"]] = torch.tensor([0xFF, 0xD8, 0, 0, 0xFF, 0xD9], dtype=torch.uint8)
         batch = decoded_on(device, pending, loader.dataset.load_problems)
         assert len(batch) == len(PLAIN)
         row = by_key(batch)["shrink.jpg"]
@@ -180,7 +186,7 @@ def test_a_truncated_jpeg_loses_its_labels_once_and_the_batch_goes_on(tmp_path, 
         assert (batch.targets["segmentation"]["mask"][row] == IGNORE_INDEX).all()
         assert batch.targets["classification"]["labels"][row] == -1
         assert (batch.images[row] == PAD_VALUE).all()
-        if epoch == 0:
+        if epoch == 0 and broken == "cut file":
             assert_same_targets(batch, cpu)
             assert image_difference(batch, cpu, set(PLAIN) - {"shrink.jpg"}) <= 1
     assert loader.dataset.problem_counts() == {"unreadable image": 1}

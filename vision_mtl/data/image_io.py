@@ -69,7 +69,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def read_jpeg_bytes(path: str | Path) -> tuple[np.ndarray, tuple[int, int]] | None:
     """The file's bytes and (height, width), from its header alone, when it is a plain JPEG a device
     decodes to the image :func:`read_image` gives (``device_decode.py``): RGB, baseline, no EXIF
-    rotation. None when it must be decoded on the CPU; DataError when it cannot be opened."""
+    rotation, ending in the end-of-image marker (a file cut short is left to the CPU decoder, which
+    refuses it, whatever a device decoder would make of it). None when it must be decoded on the CPU;
+    DataError when it cannot be opened."""
     try:
         with Image.open(path) as img:
             plain = (img.format == "JPEG" and img.mode == "RGB" and not img.info.get("progressive")
@@ -77,7 +79,11 @@ def read_jpeg_bytes(path: str | Path) -> tuple[np.ndarray, tuple[int, int]] | No
             width, height = img.size
     except _READ_ERRORS as exc:
         raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
-    return (np.fromfile(path, np.uint8), (height, width)) if plain else None
+    if not plain:
+        return None
+    data = np.fromfile(path, np.uint8)
+    complete = bytes(data[-64:]).rstrip(b"\x00").endswith(b"\xff\xd9")  # some writers pad after the marker
+    return (data, (height, width)) if complete else None
 
 
 def read_mask(path: str | Path) -> np.ndarray:
