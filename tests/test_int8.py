@@ -146,3 +146,23 @@ def test_bf16_answers_close_to_fp32(make_config):
     difference = float((scores - fp32["classification"]["scores"]).abs().max())
     assert 0 < difference <= 2e-2  # > 0: the network did run in bf16
     assert (bf16["segmentation"]["mask"] == fp32["segmentation"]["mask"]).float().mean() >= 0.95
+
+
+def test_evaluate_measures_a_checkpoint_in_bf16(trained_run, monkeypatch, capsys):
+    """`tools/evaluate.py --precision bf16`: the val split is scored by the bf16 runner (where native)."""
+    import vision_mtl.evaluation.saved as saved
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    used = []
+    real = saved.load_runner
+
+    def spy(*args, **kwargs):
+        runner, cfg = real(*args, **kwargs)
+        used.append(runner.precision)
+        return runner, cfg
+
+    monkeypatch.setattr(saved, "load_runner", spy)
+    fp32 = saved.evaluate_weights(trained_run / "best.pt", progress=False).metrics
+    bf16 = saved.evaluate_weights(trained_run / "best.pt", progress=False, precision="bf16").metrics
+    assert used == ["fp32", "bf16"]
+    assert bf16.keys() == fp32.keys()
+    assert abs(bf16["classification/top1"] - fp32["classification/top1"]) <= 0.1

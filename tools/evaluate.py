@@ -1,7 +1,7 @@
 """Evaluate a trained model, checkpoint or exported ONNX, on its validation split (or another one
 given by --config/overrides, in any dataset format the loaders read).
 
-    python tools/evaluate.py --weights runs/shapes/best.pt [--config cfg.yaml] [--out DIR] [key=value ...]
+    python tools/evaluate.py --weights runs/shapes/best.pt [--config cfg.yaml] [--out DIR] [--precision bf16] [key=value ...]
     python tools/evaluate.py --weights model.onnx data.val.images=... data.val.annotations=...
 
 Writes ``metrics.json`` (``task/metric`` keys) and, with detection, ``detections.json`` (COCO
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vision_mtl.evaluation.saved import default_eval_folder, evaluate_weights, format_metrics, save_evaluation
 from vision_mtl.errors import ConfigError
-from vision_mtl.utils.cli import run_tool
+from vision_mtl.utils.cli import add_precision_flag, run_tool
 from vision_mtl.utils.outputs import check_writable
 
 logger = logging.getLogger("evaluate")
@@ -32,13 +32,14 @@ def main() -> None:
                                       "beside weights outside a run folder)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="multi-label classification: score at which a class counts as predicted (F1)")
+    add_precision_flag(parser)
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.val.images=...")
     args = parser.parse_intermixed_args()
     out = Path(args.out) if args.out else default_eval_folder(args.weights)
     if out.suffix == ".json":
         raise ConfigError(f"--out '{out}' names a file; give a folder (metrics.json and detections.json go inside)")
     check_writable(out)
-    evaluation = evaluate_weights(args.weights, args.config, args.overrides, args.threshold)
+    evaluation = evaluate_weights(args.weights, args.config, args.overrides, args.threshold, precision=args.precision)
     written = save_evaluation(evaluation, out)
     logger.info("%s\nwritten: %s", format_metrics(evaluation.metrics), ", ".join(map(str, written)))
 

@@ -26,7 +26,7 @@ import torch
 
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.inference.pipeline import infer_folder
-from vision_mtl.utils.cli import int_flag, run_tool
+from vision_mtl.utils.cli import add_precision_flag, int_flag, run_tool
 from vision_mtl.utils.distributed import Processes
 
 logger = logging.getLogger("infer")
@@ -47,9 +47,7 @@ def main() -> None:
                         help="background decoding processes (0: none)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--device", help="auto, cpu or cuda[:N] (default: the model's config; one GPU per torchrun process)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-                        help="checkpoints: bf16 autocast where the CPU/GPU computes bfloat16 natively "
-                             "(auto, bf16), fp32 elsewhere")
+    add_precision_flag(parser)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.detection.nms_thresh=0.5")
     args = parser.parse_intermixed_args()
     processes = Processes.from_env()

@@ -11,14 +11,16 @@ from vision_mtl.engine.runners import load_runner
 from vision_mtl.utils.atomic import write_atomic
 from vision_mtl.utils.metrics_log import write_json
 from vision_mtl.utils.outputs import writing
+from vision_mtl.utils.runtime import Precision
 
 
 def evaluate_weights(weights: str | Path, config: str | Path | None = None,
                      overrides: list[str] | tuple[str, ...] = (), threshold: float = 0.5,
-                     progress: bool = True) -> Evaluation:
+                     progress: bool = True, precision: Precision = "fp32") -> Evaluation:
     """Metrics of ``weights`` on the val split of its own config (plus ``config``/``overrides`` on top).
-    ``threshold``: the score at which a multi-label class counts as predicted (for F1)."""
-    runner, cfg = load_runner(weights, config, overrides)
+    ``threshold``: the score at which a multi-label class counts as predicted (for F1); ``precision``:
+    a checkpoint's (bf16 autocast where native, to measure what it costs)."""
+    runner, cfg = load_runner(weights, config, overrides, precision)
     data = build_data(cfg, classes=runner.info.classes, train=False)
     evaluator = Evaluator(data.val, runner.info.classes, cfg.model.classification.multi_label, threshold,
                           cfg.model.segmentation.ignore_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -40,3 +41,10 @@ def int_flag(flag: str, minimum: int, multiple: int = 1) -> Callable[[str], int]
         return check_int(flag, value, minimum, multiple)
 
     return parse
+
+
+def add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    """``--precision fp32|bf16|auto`` (default fp32) for tools that run a checkpoint."""
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="checkpoints: bf16 autocast where the CPU/GPU computes bfloat16 natively "
+                             "(auto, bf16), fp32 elsewhere")
