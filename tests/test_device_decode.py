@@ -202,6 +202,7 @@ def test_which_loaders_defer_and_the_albumentations_conflict(make_config, tmp_pa
     assert not decodes_on_device(make_config("train.augment.backend=device"), torch.device("cpu"))
     auto = build_data(make_config("data.decode=auto"))
     assert auto.train.dataset.defer_jpeg is False and auto.val.dataset.defer_jpeg is False
+    assert auto.val.dataset.decode_to_fit is True and auto.train.dataset.decode_to_fit is False  # crops zoom in
     device = build_data(make_config(*DEVICE_PATH))
     assert device.train.dataset.defer_jpeg is True and device.val.dataset.defer_jpeg is False
     assert not next(iter(device.val)).encoded

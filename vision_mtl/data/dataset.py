@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from vision_mtl.data import problems as kinds
 from vision_mtl.data.classes import ClassMaps
 from vision_mtl.data.coco import coco_dict
-from vision_mtl.data.image_io import image_size, read_image, read_jpeg_bytes, read_mask
+from vision_mtl.data.image_io import image_size, read_image_to_fit, read_jpeg_bytes, read_mask
 from vision_mtl.data.problems import LoadProblems, ProblemLog
 from vision_mtl.data.rasterize import semantic_mask
 from vision_mtl.data.records import Record, SourceIndex
@@ -36,6 +36,8 @@ class MultiTaskDataset(Dataset):
 
     Tasks a source does not label are ``None`` in the Sample (``valid=False`` in the Batch). With an
     ``augment(sample, seed)``, an ``(index, seed)`` key returns the sample augmented. With
+    ``decode_to_fit``, large JPEGs are decoded at reduced scale (``read_image_to_fit``: evaluation,
+    as inference reads them; training crops zoom in, so it decodes in full). With
     ``defer_jpeg``, a plain JPEG comes back undecoded (its bytes in ``Sample.encoded``, labels already
     letterboxed) for the training device to decode. An image that cannot be decoded becomes a blank
     sample labelled for nothing (reported once), so an epoch never stops and batches keep their size;
@@ -63,6 +65,7 @@ class MultiTaskDataset(Dataset):
         self._ground_truth: DetectionGroundTruth | None = None
         self.augment: Callable[[Sample, int], Sample] | None = None
         self.defer_jpeg = False
+        self.decode_to_fit = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -176,14 +179,14 @@ class MultiTaskDataset(Dataset):
                 "source": source.name}
         try:
             encoded = read_jpeg_bytes(record.path) if self.defer_jpeg else None
-            image = None if encoded else read_image(record.path)
+            image, size = (None, encoded[1]) if encoded else \
+                read_image_to_fit(record.path, self.image_size if self.decode_to_fit else None)
         except DataError as exc:
             self.load_problems.report(index, kinds.UNREADABLE_IMAGE, record.path, str(exc.__cause__ or exc))
             blank = np.full((self.image_size, self.image_size, 3), PAD_VALUE, np.uint8)
             return letterbox(Sample(blank, meta={**meta, "skipped": True}), self.image_size)
         sample = Sample(image, meta=meta)
         tasks = self.labelled_for(index)
-        size = encoded[1] if encoded else image.shape[:2]
         if record.size is not None and record.size != size and tasks & {"detection", "segmentation"}:
             self.load_problems.report(index, kinds.LABEL_SIZE, record.path, f"annotated {record.size}, decoded {size}")
             tasks = self.labelled_for(index)
@@ -198,7 +201,7 @@ class MultiTaskDataset(Dataset):
         if encoded:
             sample = sample.replace(encoded=encoded[0], meta={**meta, "canvas": self.image_size})
             return letterbox_labels(sample, size, self.image_size)
-        return letterbox(sample, self.image_size)
+        return letterbox(sample, self.image_size, size)
 
     def _mask(self, index: int, size: tuple[int, int]) -> np.ndarray | None:
         """The model-class mask of image ``index`` at ``size``; None (reported) when the file is unusable."""

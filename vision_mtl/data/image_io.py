@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -21,14 +22,28 @@ _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.
 
 def read_image(path: str | Path) -> np.ndarray:
     """HxWx3 uint8 RGB, EXIF orientation applied; grayscale, palette, RGBA, CMYK and 16-bit converted."""
+    return read_image_to_fit(path, None)[0]
+
+
+def read_image_to_fit(path: str | Path, fit: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`, and the image's full (height, width). With ``fit``, a JPEG at least twice
+    that size on its longer side is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, through
+    PIL's ``draft``), never below what fitting it into ``fit`` keeps: decoding does a fraction of the
+    work, and the letterbox, which would have shrunk the full image, shrinks this one less."""
     try:
         with Image.open(path) as img:
-            return _to_rgb(ImageOps.exif_transpose(img))
+            width, height = img.size
+            if fit is not None and img.format == "JPEG" and max(width, height) >= 2 * fit:
+                scale = fit / max(width, height)
+                img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+            if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
+                width, height = height, width
+            return _to_rgb(ImageOps.exif_transpose(img)), (height, width)
     except UnidentifiedImageError as exc:  # not a format Pillow knows: OpenCV may (HDR, EXR, PFM, ...)
         image = _read_with_opencv(path)
         if image is None:
             raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
-        return image
+        return image, image.shape[:2]
     except _READ_ERRORS as exc:
         raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
 

@@ -86,6 +86,7 @@ def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train:
     if per_image:
         dataset.augment = AlbumentationsAugment(cfg.train.augment, cfg.data.image_size)
     dataset.defer_jpeg = train and decodes_on_device(cfg, device)
+    dataset.decode_to_fit = not train  # as the Predictor and folder inference read images
     sampler = EpochSampler(len(dataset), cfg.train.seed, dataset.sample_weights(), rank, world,
                            with_seeds=per_image) if train else None
     return DataLoader(

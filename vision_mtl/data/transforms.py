@@ -8,16 +8,19 @@ import numpy as np
 from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Sample
 
 
-def letterbox(sample: Sample, size: int) -> Sample:
+def letterbox(sample: Sample, size: int, orig_size: tuple[int, int] | None = None) -> Sample:
     """Scale the longer side to ``size`` and pad bottom/right to ``size x size``.
 
     Padding only at the bottom and right keeps the inverse a pure scale: original pixel =
-    network pixel / ``meta["scale"]``. Padded mask pixels are ``IGNORE_INDEX``.
+    network pixel / ``meta["scale"]``. Padded mask pixels are ``IGNORE_INDEX``. ``orig_size``: the
+    image's full (height, width) when ``sample.image`` was decoded smaller (``read_image_to_fit``);
+    the labels and ``meta`` refer to the full image.
     """
-    h, w = sample.image.shape[:2]
+    h, w = orig_size or sample.image.shape[:2]
     scale = letterbox_scale((h, w), size)
     new_h, new_w = content_shape((h, w), scale)
-    image = _resize(sample.image, new_w, new_h, cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    shrink = new_h < sample.image.shape[0] or new_w < sample.image.shape[1]
+    image = _resize(sample.image, new_w, new_h, cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
     canvas[:new_h, :new_w] = image
     return letterbox_labels(sample.replace(image=canvas), (h, w), size)

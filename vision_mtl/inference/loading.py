@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vision_mtl.data.image_io import read_image
 from vision_mtl.data.sample import Batch, Sample
-from vision_mtl.engine.preprocess import collate_prepared, prepare_image
+from vision_mtl.engine.preprocess import collate_prepared, prepare_image, read_prepared
 from vision_mtl.errors import DataError
 from vision_mtl.inference.sources import ImageFile
 
@@ -45,12 +45,14 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> LoadedFile:
         file = self.files[index]
+        meta = {"path": str(file.path), "file": file.relative}
         try:
-            image = read_image(file.path)
+            if not self.keep_originals:
+                return LoadedFile(file, read_prepared(file.path, self.size, meta))
+            image = read_image(file.path)  # overlays are drawn on the full image
         except DataError as exc:
             return LoadedFile(file, error=str(exc))
-        sample = prepare_image(image, self.size, {"path": str(file.path), "file": file.relative})
-        return LoadedFile(file, sample, original=image if self.keep_originals else None)
+        return LoadedFile(file, prepare_image(image, self.size, meta), original=image)
 
 
 @dataclass

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from vision_mtl.config import TASKS
-from vision_mtl.data.image_io import list_images, read_image
+from vision_mtl.data.image_io import list_images
 from vision_mtl.data.sample import Batch
-from vision_mtl.engine.preprocess import prepare_images
+from vision_mtl.engine.preprocess import collate_prepared, prepare_image, read_prepared
 from vision_mtl.engine.results import ImageResult, split_predictions
 from vision_mtl.engine.runners import load_runner
 from vision_mtl.errors import ConfigError, DataError, check_int
@@ -94,8 +94,9 @@ class Predictor:
         check_int("batch_size", batch_size, 1)
         results: list[ImageResult] = []
         for chunk in _chunks(_image_items(images), batch_size):
-            arrays = [read_image(item) if isinstance(item, (str, Path)) else item for item, _ in chunk]
-            results.extend(self.predict_batch(prepare_images(arrays, self.image_size, [meta for _, meta in chunk])))
+            samples = [read_prepared(item, self.image_size, meta) if isinstance(item, (str, Path))
+                       else prepare_image(item, self.image_size, meta) for item, meta in chunk]
+            results.extend(self.predict_batch(collate_prepared(samples)))
         return results
 
     def predict_batch(self, batch: Batch) -> list[ImageResult]:
