@@ -166,3 +166,13 @@ def test_evaluate_measures_a_checkpoint_in_bf16(trained_run, monkeypatch, capsys
     assert used == ["fp32", "bf16"]
     assert bf16.keys() == fp32.keys()
     assert abs(bf16["classification/top1"] - fp32["classification/top1"]) <= 0.1
+
+
+def test_onnx_runner_input_is_to_float_bit_for_bit(exported):
+    """The runner's reused input array holds exactly ``to_float``'s values, for each batch shape in turn."""
+    from vision_mtl.data.sample import to_float
+    runner = OnnxRunner(exported["fp32"])
+    for count in (3, 1, 3):
+        images = torch.randint(0, 256, (count, 3, 20, 24), dtype=torch.uint8)
+        got = runner._graph_input(images)
+        assert got.dtype == np.float32 and np.array_equal(got, to_float(images).numpy())

