@@ -47,7 +47,7 @@ def _draw(batch: Batch, classes: dict[str, list[str]]) -> list[torch.Tensor]:
                 outlines = torch.stack([_outline(mask == v) for v in values])
                 colours = [tuple(int(c) for c in palette(len(classes["segmentation"]))[v]) for v in values]
                 image = draw_segmentation_masks(image, outlines, alpha=1.0, colors=colours)
-        if det is not None and det["valid"][b]:
+        if det is not None and det["valid"][b] and (det["labels"][b] >= 0).any():  # torchvision warns on none
             real = det["labels"][b] >= 0
             labels = det["labels"][b][real].tolist()
             colours = [tuple(int(c) for c in palette(len(classes["detection"]))[v]) for v in labels]
