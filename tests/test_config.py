@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, one_line
-from vision_mtl.config import (TASKS, Config, config_from_dict, config_to_dict, load_config, save_config)
+from vision_mtl.config import (TASKS, Config, LossWeights, config_from_dict, config_to_dict, load_config, save_config)
 from vision_mtl.errors import ConfigError, VisionMTLError
 
 
@@ -29,13 +29,15 @@ def test_yaml_documents_every_key():
 
 
 def test_overrides_set_values_of_the_right_type():
-    cfg = load_config(None, ["train.epochs=5", "model.backbone=resnet10t", "train.loss_weights.detection=2",
+    cfg = load_config(None, ["train.epochs=5", "model.backbone=resnet10t", "train.loss_weights.detection=3",
                              "train.lr=1", "model.tasks=[detection, segmentation]", "train.max_steps_per_epoch=null",
                              "data.seg_classes=[bg, thing]", "run.name=a=b"])
     assert cfg.train.epochs == 5
     assert cfg.model.backbone == "resnet10t"
-    assert cfg.train.loss_weights.detection == 2.0 and isinstance(cfg.train.loss_weights.detection, float)
-    assert cfg.train.loss_weights.segmentation == 1.0  # siblings keep their defaults
+    assert cfg.train.loss_weights.detection == 3.0 and isinstance(cfg.train.loss_weights.detection, float)
+    defaults = LossWeights()  # siblings keep their defaults
+    assert (cfg.train.loss_weights.classification, cfg.train.loss_weights.segmentation) == \
+        (defaults.classification, defaults.segmentation)
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.model.tasks == ["detection", "segmentation"]
     assert cfg.train.max_steps_per_epoch is None
