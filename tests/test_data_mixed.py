@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from conftest import SHAPES_CLASSES, one_line
 from data_scenes import NAMES, write_coco, write_images, write_label_csv
-from vision_mtl.data.device_augment import to_float
+from vision_mtl.data.sample import to_float
 from vision_mtl.data.loader import build_data
 from vision_mtl.training.trainer import Trainer
 from vision_mtl.errors import DataError

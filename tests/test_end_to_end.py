@@ -11,7 +11,7 @@ import torch
 
 from conftest import REPO_ROOT, run_tool, trained_run_overrides
 from vision_mtl.config import load_config
-from vision_mtl.data.device_augment import to_float
+from vision_mtl.data.sample import to_float
 from vision_mtl.data.loader import build_data
 from vision_mtl.engine.checkpoint import load_checkpoint, load_model
 

@@ -39,10 +39,9 @@ from vision_mtl.benchmarks.augment import benchmark_augment, benchmark_decode
 from vision_mtl.benchmarks.engine import benchmark_engine
 from vision_mtl.benchmarks.model import (benchmark_export, benchmark_model, benchmark_onnx_files, benchmark_precision,
                                          random_model)
-from vision_mtl.inference.predictor import Predictor
 from vision_mtl.engine.runners import OnnxRunner, TorchRunner, load_torch_runner
 from vision_mtl.errors import ConfigError
-from vision_mtl.benchmarks.infer import benchmark_folder, benchmark_infer, coco128_images, memory_probe
+from vision_mtl.benchmarks.infer import benchmark_folder, benchmark_infer, coco128_images, infer_candidates, memory_probe
 from vision_mtl.utils.cli import DEFAULT_CONFIG, run_tool
 from vision_mtl.utils.runtime import cpu_has_bf16, resolve_device
 
@@ -172,20 +171,6 @@ def run_augment(args: argparse.Namespace) -> None:
                 cfg.train.augment.preset, imgsz, imgsz, batch, args.rounds, torch.get_num_threads())
     for key, value in benchmark_augment(cfg.train.augment, imgsz, batch, args.rounds).items():
         logger.info("  %-30s %.3f", key, value)
-
-def infer_candidates(weights: str, onnx: list[Path], imgsz: int | None) -> dict[str, Predictor]:
-    """A checkpoint in float32 and bf16 (fp32 where this CPU has no native bf16), or one ONNX
-    model; then each further ONNX export, named by backend and precision."""
-    if Path(weights).suffix.lower() == ".onnx":
-        predictors = {}
-    else:
-        bf16 = Predictor(weights, image_size=imgsz, precision="bf16")
-        predictors = {"torch float32": Predictor(weights, image_size=imgsz),
-                      "torch bf16" if bf16.runner.precision == "bf16" else "torch bf16 (fp32: no native bf16)": bf16}
-    for path in [Path(weights)] * (not predictors) + onnx:
-        predictor = Predictor(path, image_size=imgsz)
-        predictors[f"onnx {predictor.runner.precision} ({path.name})"] = predictor
-    return predictors
 
 
 def run_engine(args: argparse.Namespace) -> None:

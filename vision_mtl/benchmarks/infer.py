@@ -72,6 +72,21 @@ def benchmark_infer(predictors: dict[str, Predictor], source: Path, batch_size: 
     return rows
 
 
+def infer_candidates(weights: str, onnx: list[Path], imgsz: int | None) -> dict[str, Predictor]:
+    """A checkpoint in float32 and bf16 (fp32 where this CPU has no native bf16), or one ONNX
+    model; then each further ONNX export, named by backend and precision."""
+    if Path(weights).suffix.lower() == ".onnx":
+        predictors = {}
+    else:
+        bf16 = Predictor(weights, image_size=imgsz, precision="bf16")
+        predictors = {"torch float32": Predictor(weights, image_size=imgsz),
+                      "torch bf16" if bf16.runner.precision == "bf16" else "torch bf16 (fp32: no native bf16)": bf16}
+    for path in [Path(weights)] * (not predictors) + onnx:
+        predictor = Predictor(path, image_size=imgsz)
+        predictors[f"onnx {predictor.runner.precision} ({path.name})"] = predictor
+    return predictors
+
+
 def memory_probe(weights: Path, source: Path, out: Path, batch_size: int, workers: int,
                  marks: tuple[int, ...]) -> dict[str, float]:
     """Peak resident MiB (main process + decoding workers) after ``marks`` images, from a run of

@@ -18,7 +18,7 @@ from vision_mtl.config import AugmentConfig
 from vision_mtl.data.augment_boxes import box_corners, clip_quads
 from vision_mtl.data.augment_mix import mixup, mosaic
 from vision_mtl.data.augment_presets import resolve_augment, resolve_backend
-from vision_mtl.data.sample import IGNORE_INDEX, Batch, to_float  # noqa: F401 (to_float: also imported from here)
+from vision_mtl.data.sample import IGNORE_INDEX, Batch, to_float
 
 _Op = K.AugmentationBase2D
 _Steps = tuple[list[K.AugmentationSequential], K.AugmentationSequential | None]  # geometric steps, photometric

@@ -4,8 +4,7 @@ on the device (nvJPEG through ``torchvision.io.decode_jpeg`` on CUDA) and letter
 Only plain baseline RGB JPEGs are deferred (``image_io.read_jpeg_bytes``: no EXIF rotation, not
 progressive, not CMYK or grayscale), which every decoder turns into the same image up to rounding.
 Every other file, and every machine where ``data.decode`` resolves to ``cpu``, keeps the worker's
-CPU decode. A file the device cannot decode is decoded on the CPU; one
-nothing can decode becomes an unlabelled padding image, reported like any unreadable image.
+CPU decode. A file the device cannot decode is decoded on the CPU; one nothing can decode becomes an unlabelled padding image, reported like any unreadable image.
 """
 
 from __future__ import annotations
@@ -48,8 +47,8 @@ def decode_pending(batch: Batch, problems: LoadProblems | None = None) -> Batch:
     for position, image in zip(positions, _decode(batch, positions)):
         meta = batch.meta[position]
         if image is None or tuple(image.shape[-2:]) != tuple(meta["orig_size"]):
-            detail = "cannot decode" if image is None else f"decoded {tuple(image.shape[-2:])}, header said {meta['orig_size']}"
-            _unlabel(batch, position, problems, detail)
+            _unlabel(batch, position, problems, "cannot decode" if image is None else
+                     f"decoded {tuple(image.shape[-2:])}, header said {meta['orig_size']}")
             continue
         height, width = content_shape(meta["orig_size"], meta["scale"])
         batch.images[position, :, :height, :width] = _resize(image, height, width)

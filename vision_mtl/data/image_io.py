@@ -32,13 +32,12 @@ def read_image_to_fit(path: str | Path, fit: int | None) -> tuple[np.ndarray, tu
     work, and the letterbox, which would have shrunk the full image, shrinks this one less."""
     try:
         with Image.open(path) as img:
+            full = _displayed_size(img)
             width, height = img.size
             if fit is not None and img.format == "JPEG" and max(width, height) >= 2 * fit:
                 scale = fit / max(width, height)
                 img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
-            if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
-                width, height = height, width
-            return _to_rgb(ImageOps.exif_transpose(img)), (height, width)
+            return _to_rgb(ImageOps.exif_transpose(img)), full
     except UnidentifiedImageError as exc:  # not a format Pillow knows: OpenCV may (HDR, EXR, PFM, ...)
         image = _read_with_opencv(path)
         if image is None:
@@ -73,12 +72,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) after EXIF orientation, from the file header alone (no decoding)."""
     try:
         with Image.open(path) as img:
-            width, height = img.size
-            if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
-                width, height = height, width
-            return height, width
+            return _displayed_size(img)
     except _READ_ERRORS as exc:
         raise DataError(f"cannot read image '{path}': {first_line(exc)}") from exc
+
+
+def _displayed_size(img: Image.Image) -> tuple[int, int]:
+    """(height, width) of an opened image once its EXIF orientation is applied."""
+    width, height = img.size
+    return (width, height) if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED else (height, width)
 
 
 def read_jpeg_bytes(path: str | Path) -> tuple[np.ndarray, tuple[int, int]] | None:

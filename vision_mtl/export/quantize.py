@@ -21,7 +21,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from torchvision.ops import box_iou
 
 from vision_mtl.config import Config
-from vision_mtl.data.device_augment import to_float
+from vision_mtl.data.sample import to_float
 from vision_mtl.data.image_io import list_images
 from vision_mtl.data.loader import build_data
 from vision_mtl.engine.preprocess import read_images

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from vision_mtl.data.device_augment import to_float
+from vision_mtl.data.sample import to_float
 from vision_mtl.data.image_io import list_images
 from vision_mtl.engine.export_wrapper import ExportWrapper
 from vision_mtl.engine.preprocess import read_images

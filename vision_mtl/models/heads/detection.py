@@ -145,7 +145,7 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, cfg: DetectionC
     """Decoded candidates (``boxes`` [B, N, 4], ``scores`` [B, N, C]) -> at most ``cfg.max_detections``
     per image: top ``pre_nms_topk`` (location, class) pairs, score threshold, per-class NMS, padded
     outputs ``boxes`` [B, K, 4], ``scores`` [B, K], ``labels`` [B, K] (-1 padding), ``num`` [B]."""
-    batch, num_points, num_classes = scores.shape
+    _, num_points, num_classes = scores.shape
     k = min(cfg.pre_nms_topk, num_points * num_classes)
     top_scores, top_idx = scores.flatten(1).topk(k, dim=1)  # [B, k]
     point_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
