@@ -25,7 +25,7 @@ setup(
         "torchjd[quadprog_projector,cagrad]==0.18.*",  # gradient balancers (mtl.balancer=pcgrad, upgrad, cagrad, ...)
         "tensorboard>=2.16",
         "matplotlib>=3.8",
-        "kornia>=0.7,<1",  # batched device augmentation (data/device_augment.py)
+        "kornia>=0.7,<1",  # batched device augmentation (data/augment/device.py)
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
 )

@@ -14,7 +14,7 @@ from conftest import NUM_TRAIN, NUM_VAL, SHAPES_CLASSES, one_line
 from vision_mtl.config import AugmentConfig
 from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.dataset import MultiTaskDataset
-from vision_mtl.data.device_augment import DeviceAugment
+from vision_mtl.data.augment.device import DeviceAugment
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Batch, Sample, collate
 from vision_mtl.data.shapes import MARKER, ensure_shapes

@@ -13,11 +13,11 @@ from torchvision.ops import box_iou
 
 from conftest import assert_printed_quotient, one_line, run_tool
 from vision_mtl.config import AugmentConfig, load_config
-from vision_mtl.data.augment_albu import AlbumentationsAugment
-from vision_mtl.data.augment_boxes import clip_quads
-from vision_mtl.data.augment_presets import CPU_BACKEND, PRESETS, resolve_augment, resolve_backend
-from vision_mtl.data.augment_preview import augment_preview
-from vision_mtl.data.device_augment import DeviceAugment
+from vision_mtl.data.augment.albu import AlbumentationsAugment
+from vision_mtl.data.augment.boxes import clip_quads
+from vision_mtl.data.augment.presets import CPU_BACKEND, PRESETS, resolve_augment, resolve_backend
+from vision_mtl.data.augment.preview import augment_preview
+from vision_mtl.data.augment.device import DeviceAugment
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, Batch, Sample, collate
 from vision_mtl.errors import ConfigError

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from conftest import NUM_TRAIN, REPO_ROOT, assert_printed_quotient, one_line
-from vision_mtl.data.device_decode import _resize, decode_pending, decodes_on_device
+from vision_mtl.data.augment.decode import _resize, decode_pending, decodes_on_device
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Batch
 from vision_mtl.errors import ConfigError

@@ -20,7 +20,7 @@ from vision_mtl.export.onnx import export_checkpoint
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.models import build_model
 from vision_mtl.models.summary import sharing_summary
-from vision_mtl.models.transfer import init_from_checkpoint
+from vision_mtl.training.transfer import init_from_checkpoint
 from vision_mtl.mtl import build_balancer, independent
 from vision_mtl.training.trainer import Trainer
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import assert_printed_quotient, run_tool
-from vision_mtl.benchmarks.model import interleaved_timings
+from vision_mtl.utils.timing import interleaved_timings
 
 
 def assert_user_error(proc, *needles: str, only_line: bool = True) -> str:

@@ -10,7 +10,7 @@ from vision_mtl.config import load_config
 from vision_mtl.engine.checkpoint import load_checkpoint, save_checkpoint
 from vision_mtl.errors import CheckpointError, ConfigError
 from vision_mtl.models import build_model
-from vision_mtl.models.transfer import init_from_checkpoint
+from vision_mtl.training.transfer import init_from_checkpoint
 from vision_mtl.training.trainer import Trainer
 
 

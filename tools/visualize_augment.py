@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from vision_mtl.config import load_config
-from vision_mtl.data.augment_preview import augment_preview
+from vision_mtl.data.augment.preview import augment_preview
 from vision_mtl.utils.cli import int_flag, run_tool
 from vision_mtl.utils.outputs import check_writable
 

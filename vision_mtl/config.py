@@ -69,7 +69,12 @@ class SegmentationConfig:
 class ModelConfig:
     """Which tasks exist and how the shared trunk and the heads are built.
 
-    Transfer (``models/transfer.py``): ``init_from`` is a ``.pt`` from tools/train.py whose weights
+    Pretrained weights (``models/pretrained.py``): ``pretrained: true`` loads timm's ImageNet weights for
+    ``backbone`` through the Hugging Face hub cache; ``backbone_weights`` is a local file instead, in timm's
+    names or another library's (torchvision, efficientnet_pytorch, a training checkpoint's ``state_dict``),
+    mapped to timm's names with a load report.
+
+    Transfer (``training/transfer.py``): ``init_from`` is a ``.pt`` from tools/train.py whose weights
     initialise the ``init_parts``; a head is taken only when the checkpoint has its task with the
     same class names, else it is new. ``freeze`` stops training those parts (their norms stay in
     eval mode); a head not loaded from ``init_from`` is never frozen.
@@ -83,6 +88,7 @@ class ModelConfig:
 
     tasks: list[Task] = field(default_factory=lambda: list(TASKS))
     backbone: str = "resnet10t"
+    pretrained: bool = False
     backbone_weights: str | None = None
     neck_channels: int = 64
     classification: ClassificationConfig = field(default_factory=ClassificationConfig)
@@ -97,7 +103,7 @@ class ModelConfig:
     unfreeze_epoch: int | None = None
 
 
-SourceFormat = Literal["files", "coco", "yolo", "imagefolder", "csv", "masks"]
+SourceFormat = Literal["files", "coco", "yolo", "voc", "imagefolder", "csv", "masks"]
 
 
 @dataclass
@@ -109,13 +115,23 @@ class SourceConfig:
     CSV; coco: ``images`` + ``annotations`` (boxes, polygons/RLE, classes present), or image-level
     classes from a ``labels`` CSV / ``label_field``; yolo: ``annotations`` = its data.yaml, ``split``
     = the data.yaml key (default: the split being built); imagefolder: ``images`` with one
-    sub-folder per class; csv: ``images`` + ``labels``; masks: ``images`` + ``masks``.
+    sub-folder per class; csv: ``images`` + ``labels``; masks: ``images`` + ``masks``; voc: ``images`` +
+    ``annotations`` (a folder of Pascal VOC XML files; ``difficult`` objects are ignored in evaluation) with
+    optional ``masks`` (e.g. ``SegmentationClass``).
+    Any format: ``split_file`` is a text file of image ids (file names without extension, first word of
+    each line, ``#`` comments; e.g. ``ImageSets/Main/train.txt``): only those images are read.
+    ``fraction`` [start, end] keeps that share of the source's images after a shuffle seeded by
+    ``fraction_seed``: [0, 0.8] and [0.8, 1] of one source are complementary (a train/val split).
+    Image-level classes, besides a ``labels`` CSV: ``label_list`` is a whitespace list file
+    (``image-id class-id ...``, ``#`` comments, as Oxford Pets' list.txt) with ``label_ids`` the
+    ``{class-id: name}`` map; ``label_pattern`` is a regular expression whose first group, matched on the
+    file name without extension, is the class name (``^(.+)_\\d+$`` for ``Bengal_12.jpg``).
     ``tasks``: what this source labels (null: all it can). ``weight``: how often each of its images
     is drawn in training, relative to an image of a weight-1 source. ``classes``: class names by
     mask value, or the class order. ``class_map``: ``name: name`` renames or merges classes (null
     drops one); integer keys map mask values to class names (unmapped values become ignore).
     ``file_column``, ``label_column``: the ``labels`` CSV's column names when they are not one of
-    the common ones (data/label_csv.py lists those).
+    the common ones (data/readers/label_csv.py lists those).
     """
 
     format: SourceFormat = "files"
@@ -131,6 +147,12 @@ class SourceConfig:
     class_map: dict[int | str, str | None] | None = None
     file_column: str | None = None
     label_column: str | None = None
+    split_file: str | None = None
+    fraction: list[float] | None = None
+    fraction_seed: int = 0
+    label_list: str | None = None
+    label_ids: dict[int, str] | None = None
+    label_pattern: str | None = None
 
 
 # The keys naming files, fields and columns that each source format reads: (required, optional).
@@ -139,6 +161,7 @@ SOURCE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "files": (("images",), ("annotations", "masks", "labels", *_CSV_COLUMNS)),
     "coco": (("images", "annotations"), ("labels", "label_field", *_CSV_COLUMNS)),
     "yolo": (("annotations",), ("split",)),
+    "voc": (("images", "annotations"), ("masks",)),
     "imagefolder": (("images",), ()),
     "csv": (("images", "labels"), _CSV_COLUMNS),
     "masks": (("images", "masks"), ()),
@@ -156,8 +179,10 @@ class DataConfig:
 
     ``decode``: where training JPEGs are decoded: ``cpu`` (the DataLoader workers), ``device`` (the
     workers hand over the bytes; the batch is decoded and letterboxed on the training device, nvJPEG on
-    CUDA; ``data/device_decode.py``), ``auto`` (device on CUDA with the device augmentation backend,
+    CUDA; ``data/augment/decode.py``), ``auto`` (device on CUDA with the device augmentation backend,
     else cpu). Validation always decodes in the workers.
+    ``test``: held-out sources evaluated once at the end of training and by ``tools/evaluate.py --split
+    test`` (empty: none).
     """
 
     root: str = "data/shapes"
@@ -166,6 +191,7 @@ class DataConfig:
     synthetic_val_images: int = 200
     train: list[SourceConfig] = field(default_factory=lambda: _shapes_split("train"))
     val: list[SourceConfig] = field(default_factory=lambda: _shapes_split("val"))
+    test: list[SourceConfig] = field(default_factory=list)
     image_size: int = 128
     seg_classes: list[str] | None = None
     num_workers: int = 1
@@ -189,9 +215,9 @@ class LossWeights:
 
 @dataclass
 class AugmentConfig:
-    """Batched augmentation on the training device (``vision_mtl/data/device_augment.py``, on kornia).
+    """Batched augmentation on the training device (``vision_mtl/data/augment/device.py``, on kornia).
 
-    ``preset`` fills in every key left null (``vision_mtl/data/augment_presets.py``): ``none``;
+    ``preset`` fills in every key left null (``vision_mtl/data/augment/presets.py``): ``none``;
     ``light`` (flip, brightness/contrast); ``default`` (adds random resized crop, affine, colour, blur,
     noise, grayscale); ``strong`` (the same, wider and more often). A key set explicitly overrides its
     preset value. Probabilities per sample: hflip, crop, affine, blur, noise, grayscale. crop_scale:
@@ -199,11 +225,11 @@ class AugmentConfig:
     size; scale: [min, max] zoom of the affine; brightness, contrast, saturation, hue: jitter strengths;
     blur_sigma: [min, max]; noise_std: on [0, 1] images; min_box_area: a box keeping less than this
     fraction of its (transformed) area inside the image is dropped. mosaic, mixup: probabilities of
-    the batch mixes (``data/augment_mix.py``: mosaic of 4 images; mixup ratio ~ Beta(32, 32)), always on
+    the batch mixes (``data/augment/mix.py``: mosaic of 4 images; mixup ratio ~ Beta(32, 32)), always on
     the device; mix_off_epochs: no mixing in the last N epochs. backend: where the rest runs, ``device``
     (kornia, on the batch) or ``albumentations`` (per image in the DataLoader workers); ``auto`` is
     ``device`` on CUDA and ``albumentations`` on a CPU, where it measured 6x faster (4.83 against
-    0.80 images/s, preset default at 640 px; ``CPU_BACKEND`` in ``augment_presets.py``).
+    0.80 images/s, preset default at 640 px; ``CPU_BACKEND`` in ``augment/presets.py``).
     """
 
     preset: Literal["none", "light", "default", "strong"] = "light"
@@ -441,6 +467,8 @@ def validate(cfg: Config) -> None:
     _validate_run_name(cfg.run.name)
     for split in ("train", "val"):
         _validate_sources(getattr(cfg.data, split), f"data.{split}")
+    if cfg.data.test:
+        _validate_sources(cfg.data.test, "data.test")
 
 
 def _validate_sharing(model: ModelConfig) -> None:
@@ -488,7 +516,7 @@ def _validate_sources(sources: list[SourceConfig], key: str) -> None:
                                   f"none; give 'labels' too, or drop '{name}'")
         if source.classes is not None and source.format in ("coco", "yolo"):
             raise ConfigError(f"{where}: its file declares the classes; rename or merge them with class_map")
-        if any(isinstance(k, int) for k in source.class_map or {}) and source.format not in ("masks", "files"):
+        if any(isinstance(k, int) for k in source.class_map or {}) and source.format not in ("masks", "files", "voc"):
             raise ConfigError(f"{where}: integer class_map keys map mask values, and only masks and files "
                               "sources have masks")
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from vision_mtl.config import TASKS, AugmentConfig, Config
-from vision_mtl.benchmarks.model import interleaved_timings
-from vision_mtl.data.augment_albu import AlbumentationsAugment
-from vision_mtl.data.device_augment import DeviceAugment
-from vision_mtl.data.device_decode import decode_pending
+from vision_mtl.utils.timing import interleaved_timings
+from vision_mtl.data.augment.albu import AlbumentationsAugment
+from vision_mtl.data.augment.device import DeviceAugment
+from vision_mtl.data.augment.decode import decode_pending
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import Sample, collate
 

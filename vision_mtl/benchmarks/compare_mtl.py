@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from vision_mtl.benchmarks.engine import trainer_step
-from vision_mtl.benchmarks.model import interleaved_timings
+from vision_mtl.utils.timing import interleaved_timings
 from vision_mtl.config import TASKS, Config, config_from_dict, config_to_dict, flat_keys, load_config
 from vision_mtl.engine.checkpoint import load_model
 from vision_mtl.errors import ConfigError

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import torch
 
-from vision_mtl.benchmarks.model import interleaved_timings
+from vision_mtl.utils.timing import interleaved_timings
 from vision_mtl.config import Config
-from vision_mtl.data.device_decode import decode_pending
+from vision_mtl.data.augment.decode import decode_pending
 from vision_mtl.training.optim import build_optimizer
 from vision_mtl.training.trainer import Trainer
 

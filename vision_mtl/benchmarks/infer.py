@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vision_mtl.data.image_io import list_images
 from vision_mtl.data.shapes import ensure_shapes
-from vision_mtl.benchmarks.model import interleaved_timings
+from vision_mtl.utils.timing import interleaved_timings
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.inference.loading import file_loader
 from vision_mtl.inference.pipeline import infer_folder

@@ -1,11 +1,10 @@
-"""Side-by-side timing: candidates run interleaved in one process, so machine noise hits all alike."""
+"""The multi-task model against single-task models and its exports, timed side by side."""
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,26 +17,9 @@ from vision_mtl.engine.export_wrapper import ExportWrapper
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.runners import TorchRunner
 from vision_mtl.models import MultiTaskModel, build_model
+from vision_mtl.utils.timing import interleaved_timings
 
 RANDOM_CLASSES = {"classification": ["c"] * 4, "detection": ["d"] * 4, "segmentation": ["s"] * 5}
-
-
-def interleaved_timings(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
-                        sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-    """Seconds per call of each candidate; every round runs all candidates, in a rotating order."""
-    names = list(candidates)
-    for _ in range(warmup):
-        for name in names:
-            candidates[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            sync()
-            start = time.perf_counter()
-            candidates[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def benchmark_model(cfg: Config, image_size: int, batch_size: int, rounds: int,

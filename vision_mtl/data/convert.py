@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vision_mtl.data.coco import CocoFile, coco_dict
+from vision_mtl.data.readers.coco import CocoFile, coco_dict
 from vision_mtl.data.image_io import image_size
 from vision_mtl.data.problems import OUTSIDE_FOLDER, UNREADABLE_IMAGE, ProblemLog
 from vision_mtl.data.records import Instances
-from vision_mtl.data.yolo import DataYaml, label_path, parse_labels
+from vision_mtl.data.readers.yolo import DataYaml, label_path, parse_labels
 from vision_mtl.errors import DataError
 
 

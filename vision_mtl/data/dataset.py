@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from vision_mtl.data import problems as kinds
 from vision_mtl.data.classes import ClassMaps
-from vision_mtl.data.coco import coco_dict
+from vision_mtl.data.readers.coco import coco_dict
 from vision_mtl.data.image_io import image_size, read_image_to_fit, read_jpeg_bytes, read_mask
 from vision_mtl.data.problems import LoadProblems, ProblemLog
 from vision_mtl.data.rasterize import semantic_mask

@@ -85,7 +85,7 @@ def _displayed_size(img: Image.Image) -> tuple[int, int]:
 
 def read_jpeg_bytes(path: str | Path) -> tuple[np.ndarray, tuple[int, int]] | None:
     """The file's bytes and (height, width), from its header alone, when it is a plain JPEG a device
-    decodes to the image :func:`read_image` gives (``device_decode.py``): RGB, baseline, no EXIF
+    decodes to the image :func:`read_image` gives (``augment/decode.py``): RGB, baseline, no EXIF
     rotation, ending in the end-of-image marker (a file cut short is left to the CPU decoder, which
     refuses it, whatever a device decoder would make of it). None when it must be decoded on the CPU;
     DataError when it cannot be opened."""

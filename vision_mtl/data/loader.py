@@ -10,11 +10,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from vision_mtl.config import Config
-from vision_mtl.data.augment_albu import AlbumentationsAugment
-from vision_mtl.data.augment_presets import resolve_backend
+from vision_mtl.data.augment.albu import AlbumentationsAugment
+from vision_mtl.data.augment.presets import resolve_backend
 from vision_mtl.data.classes import discover_classes
 from vision_mtl.data.dataset import MultiTaskDataset
-from vision_mtl.data.device_decode import decodes_on_device
+from vision_mtl.data.augment.decode import decodes_on_device
 from vision_mtl.data.sample import collate
 from vision_mtl.data.sampler import EpochSampler
 from vision_mtl.data.shapes import ensure_shapes
@@ -74,7 +74,7 @@ def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train:
     Training draws through an :class:`EpochSampler` (shuffled, or by the sources' weights when they
     differ, one epoch = as many images as the split holds, sharded over ``world`` processes);
     validation goes through every image once, in order. With the albumentations backend the training
-    workers augment each image (``augment_albu.py``), seeded through the sampler; when JPEGs are
+    workers augment each image (``augment/albu.py``), seeded through the sampler; when JPEGs are
     decoded on the device (``data.decode``) the training workers hand over their bytes instead.
     """
     multi_label = cfg.model.classification.multi_label

@@ -20,7 +20,7 @@ class Sample:
     mask: HxW integer class ids, ``IGNORE_INDEX`` where unlabelled. label: class index, or a
     multi-hot float32 [C] vector for multi-label classification. meta: path, orig_size (h, w),
     image_id, and ``scale`` once resized. encoded: the JPEG file's bytes when the image is to be decoded
-    on the training device (``device_decode.py``); ``image`` is then None, the labels are already
+    on the training device (``augment/decode.py``); ``image`` is then None, the labels are already
     letterboxed and ``meta["canvas"]`` is the letterbox size.
     """
 
@@ -54,7 +54,7 @@ class Batch:
     leading batch dim and a ``valid`` [B] bool mask. Detection targets are padded to the largest
     box count: ``boxes`` [B, M, 4], ``labels`` [B, M] with -1 for padding. ``encoded``: batch position ->
     JPEG bytes (uint8, on the CPU) of the images still to be decoded on the device, whose rows of
-    ``images`` hold padding until :func:`~vision_mtl.data.device_decode.decode_pending` fills them."""
+    ``images`` hold padding until :func:`~vision_mtl.data.augment.decode.decode_pending` fills them."""
 
     images: torch.Tensor
     targets: dict[str, dict[str, torch.Tensor]]

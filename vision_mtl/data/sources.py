@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from vision_mtl.config import Config, SourceConfig
-from vision_mtl.data import coco, files, imagefolder, label_csv, masks, yolo
+from vision_mtl.data.readers import coco, files, imagefolder, label_csv, masks, yolo
 from vision_mtl.data.problems import ProblemLog
-from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import SourceIndex
 from vision_mtl.errors import DataError
 

@@ -29,7 +29,7 @@ def letterbox(sample: Sample, size: int, orig_size: tuple[int, int] | None = Non
 def letterbox_labels(sample: Sample, orig_size: tuple[int, int], size: int) -> Sample:
     """The labels part of :func:`letterbox` for an image of ``orig_size`` (boxes scaled and clipped,
     mask resized nearest and padded with ignore, ``orig_size``/``scale`` in meta); the image is left
-    as it is, so a JPEG decoded later on the GPU can be letterboxed there (``device_decode.py``)."""
+    as it is, so a JPEG decoded later on the GPU can be letterboxed there (``augment/decode.py``)."""
     scale = letterbox_scale(orig_size, size)
     new_h, new_w = content_shape(orig_size, scale)
     changes = {"meta": {**sample.meta, "orig_size": tuple(orig_size), "scale": scale}}

@@ -19,7 +19,7 @@ from vision_mtl.inference.folder import OutputFolder
 from vision_mtl.inference.loading import LoadedBatch
 from vision_mtl.inference.records import Record, RecordLog
 from vision_mtl.utils.atomic import write_atomic
-from vision_mtl.utils.overlay import draw_overlay
+from vision_mtl.engine.overlay import draw_overlay
 
 logger = logging.getLogger(__name__)
 

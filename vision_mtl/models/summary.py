@@ -7,7 +7,7 @@ import statistics
 
 import torch
 
-from vision_mtl.benchmarks.model import interleaved_timings
+from vision_mtl.utils.timing import interleaved_timings
 from vision_mtl.models.multitask import MultiTaskModel
 
 TIMED_FORWARDS = 3

@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from vision_mtl.engine.results import ImageResult
 from vision_mtl.evaluation.evaluator import Evaluation, Example, primary_score
 from vision_mtl.utils.atomic import atomic_open
-from vision_mtl.utils.overlay import draw_overlay
+from vision_mtl.engine.overlay import draw_overlay
 
 TASKS = ("classification", "detection", "segmentation")
 HEADLINE = ("classification/top1", "classification/f1", "detection/mAP", "detection/mAP50", "segmentation/mIoU")

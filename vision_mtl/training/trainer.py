@@ -5,7 +5,7 @@ The loop itself stays short; each concern lives in a small collaborator: :class:
 sharded, resumable order), ``distributed.py`` (device, SyncBatchNorm, DDP, compile), the
 ``mtl.balancer`` (how task losses combine), :class:`Monitor` (progress, TensorBoard, CSV, plots),
 :class:`StopRules` (monitor, patience, time budget), :class:`StopSignals` (Ctrl-C / SIGTERM),
-``models/transfer.py`` (init_from, freeze) and ``state.py`` (what ``last.pt`` holds).
+``training/transfer.py`` (init_from, freeze) and ``state.py`` (what ``last.pt`` holds).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from timm.utils import ModelEmaV3
 
 from vision_mtl.config import Config, save_config
-from vision_mtl.data.device_augment import DeviceAugment
-from vision_mtl.data.device_decode import decode_pending, decodes_on_device
+from vision_mtl.data.augment.device import DeviceAugment
+from vision_mtl.data.augment.decode import decode_pending, decodes_on_device
 from vision_mtl.data.loader import build_data, prepare_synthetic
 from vision_mtl.data.problems import describe
 from vision_mtl.data.sample import Batch
@@ -33,7 +33,7 @@ from vision_mtl.errors import VisionMTLError
 from vision_mtl.evaluation.evaluator import Evaluation, Evaluator
 from vision_mtl.models import build_model
 from vision_mtl.models.summary import sharing_summary
-from vision_mtl.models.transfer import apply_transfer, freeze_stages, keep_frozen_in_eval, unfreeze_stages
+from vision_mtl.training.transfer import apply_transfer, freeze_stages, keep_frozen_in_eval, unfreeze_stages
 from vision_mtl.mtl import build_balancer, captured_features, check_trainable, independent
 from vision_mtl.mtl.schedule import build_schedule, with_skipped
 from vision_mtl.training.distributed import process_device, replicate, share_buffers, with_sync_bn

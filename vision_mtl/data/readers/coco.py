@@ -13,9 +13,9 @@ from typing import Iterable
 
 from vision_mtl.config import SourceConfig
 from vision_mtl.data import problems as kinds
-from vision_mtl.data.label_csv import source_labels
+from vision_mtl.data.readers.label_csv import source_labels
 from vision_mtl.data.problems import ProblemLog
-from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import Instances, Record, Segment, SourceIndex, checked_box
 from vision_mtl.errors import DataError, first_line
 

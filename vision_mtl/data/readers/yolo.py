@@ -20,7 +20,7 @@ from vision_mtl.data import problems as kinds
 from vision_mtl.data.image_io import image_size, list_images
 from vision_mtl.data.problems import ProblemLog
 from vision_mtl.data.rasterize import segment_area
-from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import Instances, Record, SourceIndex, checked_box
 from vision_mtl.errors import DataError, first_line
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from vision_mtl.config import AugmentConfig
-from vision_mtl.data.augment_presets import resolve_augment
+from vision_mtl.data.augment.presets import resolve_augment
 from vision_mtl.data.sample import IGNORE_INDEX, PAD_VALUE, Sample
 
 

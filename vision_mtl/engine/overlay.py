@@ -3,20 +3,13 @@ and the image's class in the corner. For people checking a model by eye, not for
 
 from __future__ import annotations
 
-import colorsys
-
 import cv2
 import numpy as np
 
 from vision_mtl.engine.results import ImageResult
+from vision_mtl.utils.colors import palette
 
 MASK_ALPHA = 0.45
-
-
-def palette(count: int) -> np.ndarray:
-    """``count`` distinct RGB colours (golden-ratio hues), the same for every call."""
-    hues = (np.arange(count) * 0.618033988749895) % 1.0
-    return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(h, 0.75, 1.0)] for h in hues], dtype=np.uint8)
 
 
 def draw_overlay(image: np.ndarray, result: ImageResult, multi_label: bool = False) -> np.ndarray:

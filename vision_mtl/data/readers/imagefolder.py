@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vision_mtl.config import SourceConfig
 from vision_mtl.data.image_io import list_images
-from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import Record, SourceIndex
 from vision_mtl.errors import DataError
 

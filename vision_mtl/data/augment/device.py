@@ -3,7 +3,7 @@
 Each sample draws its own parameters from the global RNG of the batch's device (what a checkpoint
 saves, so a resumed run augments exactly as the uninterrupted one). kornia moves images, boxes and
 masks together; only the label bookkeeping kornia has no notion of is ours: padding rows, clipping
-and dropping boxes (``augment_boxes.py``), and the ignore value for pixels from outside the image.
+and dropping boxes (``boxes.py``), and the ignore value for pixels from outside the image.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import kornia.augmentation as K
 import torch
 
 from vision_mtl.config import AugmentConfig
-from vision_mtl.data.augment_boxes import box_corners, clip_quads
-from vision_mtl.data.augment_mix import mixup, mosaic
-from vision_mtl.data.augment_presets import resolve_augment, resolve_backend
+from vision_mtl.data.augment.boxes import box_corners, clip_quads
+from vision_mtl.data.augment.mix import mixup, mosaic
+from vision_mtl.data.augment.presets import resolve_augment, resolve_backend
 from vision_mtl.data.sample import IGNORE_INDEX, Batch, to_float
 
 _Op = K.AugmentationBase2D
@@ -28,7 +28,7 @@ class DeviceAugment:
     """Mosaic, geometric (random resized crop, horizontal flip, affine), mixup, then photometric
     (colour jitter, grayscale, blur, noise) augmentation of a :class:`Batch`, as ``train.augment``
     resolves for training on ``device``. With the albumentations backend the workers did the per-image
-    ops, and only the conversion and the mixes (``augment_mix.py``) are left here.
+    ops, and only the conversion and the mixes (``mix.py``) are left here.
 
     Takes uint8 images and returns float images in [0, 1]. Boxes follow their corners and are clipped
     to the image after each geometric op (so a later op cannot bring back a part an earlier one cut

@@ -14,7 +14,7 @@ import numpy as np
 from vision_mtl.config import SourceConfig
 from vision_mtl.data import problems as kinds
 from vision_mtl.data.image_io import list_images
-from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import Record, SourceIndex
 from vision_mtl.data.sample import IGNORE_INDEX
 from vision_mtl.errors import DataError

@@ -17,7 +17,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from vision_mtl.config import Config
 from vision_mtl.data import problems as kinds
-from vision_mtl.data.augment_presets import resolve_backend
+from vision_mtl.data.augment.presets import resolve_backend
 from vision_mtl.data.problems import LoadProblems
 from vision_mtl.data.sample import IGNORE_INDEX, Batch
 from vision_mtl.data.transforms import content_shape

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vision_mtl.config import SourceConfig
 from vision_mtl.data import problems as kinds
-from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import Record, SourceIndex
 from vision_mtl.errors import DataError
 

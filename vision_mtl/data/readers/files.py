@@ -8,11 +8,11 @@ normal here, so nothing is reported). This is the layout of the built-in shapes 
 from __future__ import annotations
 
 from vision_mtl.config import SourceConfig
-from vision_mtl.data.coco import CocoFile
+from vision_mtl.data.readers.coco import CocoFile
 from vision_mtl.data.image_io import list_images
-from vision_mtl.data.label_csv import source_labels
-from vision_mtl.data.masks import find_mask, mask_classes
-from vision_mtl.data.reading import ReadContext
+from vision_mtl.data.readers.label_csv import source_labels
+from vision_mtl.data.readers.masks import find_mask, mask_classes
+from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import Record, SourceIndex
 from vision_mtl.errors import DataError
 

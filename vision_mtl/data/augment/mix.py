@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vision_mtl.data.augment_boxes import box_corners, clip_quads
+from vision_mtl.data.augment.boxes import box_corners, clip_quads
 from vision_mtl.data.sample import IGNORE_INDEX
 
 Targets = dict[str, dict[str, torch.Tensor]]

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from vision_mtl.config import Config
-from vision_mtl.data.device_augment import DeviceAugment
-from vision_mtl.data.device_decode import decode_pending
+from vision_mtl.data.augment.device import DeviceAugment
+from vision_mtl.data.augment.decode import decode_pending
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.sample import IGNORE_INDEX, Batch
-from vision_mtl.utils.overlay import palette
+from vision_mtl.utils.colors import palette
 from vision_mtl.utils.runtime import resolve_device
 
 IGNORE_COLOUR = (64, 64, 64)
