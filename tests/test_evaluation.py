@@ -110,3 +110,26 @@ def test_export_tool_user_error_is_one_line(best, tmp_path):
     proc = run_tool("export_onnx.py", "--weights", str(best), "--out", str(tmp_path / "m.onnx"), "--imgsz", "100")
     assert_user_error(proc, "--imgsz=100", "multiple of 32")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_held_out_test_split_is_evaluated_after_training_and_by_evaluate(tiny_overrides, tmp_path):
+    """With data.test, training ends by evaluating best.pt there (here the val files, so the figures must
+    equal the best epoch's val metrics); evaluate.py --split test reads the same split; a config without
+    data.test refuses --split test in one line."""
+    val = "{format: files, images: val/images, annotations: val/annotations.json, masks: val/masks, labels: val/labels.csv}"
+    proc = run_tool("train.py", *tiny_overrides, "train.epochs=1", f"run.dir={tmp_path}", "run.name=held",
+                    f"data.test={val}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "held"
+    assert "held-out data.test" in proc.stdout + proc.stderr
+    test_metrics = json.loads((run / "eval" / "best_test" / "metrics.json").read_text())
+    best_metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("classification/top1", "segmentation/mIoU", "detection/mAP50"):
+        assert test_metrics[key] == pytest.approx(best_metrics[key], abs=1e-6), key
+    again = evaluate_weights(run / "best.pt", progress=False, split="test")
+    assert again.metrics["segmentation/mIoU"] == pytest.approx(test_metrics["segmentation/mIoU"], abs=1e-9)
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes((run / "best.pt").read_bytes())
+    proc = run_tool("evaluate.py", "--weights", str(plain), "--split", "test", "data.test=[]")
+    assert_user_error(proc, "data.test lists no sources")

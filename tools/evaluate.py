@@ -3,6 +3,7 @@ given by --config/overrides, in any dataset format the loaders read).
 
     python tools/evaluate.py --weights runs/shapes/best.pt [--config cfg.yaml] [--out DIR] [--precision bf16] [key=value ...]
     python tools/evaluate.py --weights model.onnx data.val.images=... data.val.annotations=...
+    python tools/evaluate.py --weights runs/pets3/best.pt --split test   # the config's held-out data.test
 
 Writes ``metrics.json`` (``task/metric`` keys) and, with detection, ``detections.json`` (COCO
 results, original image and category ids) into --out: by default ``<run>/eval/<weights stem>/`` for
@@ -32,14 +33,17 @@ def main() -> None:
                                       "beside weights outside a run folder)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="multi-label classification: score at which a class counts as predicted (F1)")
+    parser.add_argument("--split", choices=["val", "test"], default="val",
+                        help="which split of the config to evaluate (test: data.test, held out from training)")
     add_precision_flag(parser)
     parser.add_argument("overrides", nargs="*", help="config overrides such as data.val.images=...")
     args = parser.parse_intermixed_args()
-    out = Path(args.out) if args.out else default_eval_folder(args.weights)
+    out = Path(args.out) if args.out else default_eval_folder(args.weights, args.split)
     if out.suffix == ".json":
         raise ConfigError(f"--out '{out}' names a file; give a folder (metrics.json and detections.json go inside)")
     check_writable(out)
-    evaluation = evaluate_weights(args.weights, args.config, args.overrides, args.threshold, precision=args.precision)
+    evaluation = evaluate_weights(args.weights, args.config, args.overrides, args.threshold, precision=args.precision,
+                                  split=args.split)
     written = save_evaluation(evaluation, out)
     logger.info("%s\nwritten: %s", format_metrics(evaluation.metrics), ", ".join(map(str, written)))
 

@@ -2,6 +2,7 @@
 
     python tools/train.py [--config FILE] [key=value ...]   # FILE: configs/shapes.yaml unless given
     python tools/train.py --resume runs/shapes [train.epochs=20]   # continue a stopped run
+    (with data.test sources, best.pt is evaluated on them at the end: <run>/eval/best_test/metrics.json)
     torchrun --nproc_per_node 2 tools/train.py [...]                # DDP over 2 processes
 """
 
@@ -13,6 +14,7 @@ import sys
 
 from vision_mtl.config import load_config
 from vision_mtl.errors import ConfigError
+from vision_mtl.evaluation.saved import default_eval_folder, evaluate_weights, save_evaluation
 from vision_mtl.training.trainer import Trainer
 from vision_mtl.utils.cli import DEFAULT_CONFIG, run_tool
 
@@ -44,7 +46,16 @@ def main() -> None:
     for key, value in metrics.items():
         if key != "epoch" and key.count("/") == 1:
             logger.info("  %-28s %.4f", key, value)
-    logger.info("checkpoint: %s", trainer.run_dir / "best.pt")
+    best = trainer.run_dir / "best.pt"
+    logger.info("checkpoint: %s", best)
+    if trainer.cfg.data.test:
+        test = evaluate_weights(best, split="test", progress=False)
+        written = save_evaluation(test, default_eval_folder(best, "test"))
+        logger.info("held-out data.test (best.pt):")
+        for key, value in test.metrics.items():
+            if key.count("/") == 1:
+                logger.info("  %-28s %.4f", key, value)
+        logger.info("written: %s", written[0])
 
 
 if __name__ == "__main__":

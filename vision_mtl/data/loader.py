@@ -41,10 +41,10 @@ def prepare_synthetic(cfg: Config) -> None:
 
 
 def build_data(cfg: Config, classes: dict[str, list[str]] | None = None, train: bool = True,
-               rank: int = 0, world: int = 1) -> DataBundle:
-    """Loaders for the val split (and train when ``train``, sharded for process ``rank`` of
-    ``world``); classes come from the training sources unless given (a checkpoint's classes, so
-    evaluation uses the model's own class order).
+               rank: int = 0, world: int = 1, eval_split: str = "val") -> DataBundle:
+    """Loaders for the ``eval_split`` (``val`` or ``test``; held in ``DataBundle.val``) and train when
+    ``train``, sharded for process ``rank`` of ``world``; classes come from the training sources unless
+    given (a checkpoint's classes, so evaluation uses the model's own class order).
 
     Only training writes synthetic data: evaluation reads what is there, whatever its settings, so
     it can never replace the dataset a model was trained on. Training stops at once when its split
@@ -61,7 +61,10 @@ def build_data(cfg: Config, classes: dict[str, list[str]] | None = None, train: 
     if classes is None:
         classes = discover_classes(train_split.sources, cfg.model.tasks)
     train_loader = make_loader(cfg, train_split, classes, True, rank, world) if train else None
-    val_loader = make_loader(cfg, read_split(cfg, "val"), classes, train=False)
+    if not getattr(cfg.data, eval_split):
+        raise DataError(f"data.{eval_split} lists no sources; add held-out sources under data.{eval_split} in the "
+                        "config, or evaluate the val split")
+    val_loader = make_loader(cfg, read_split(cfg, eval_split), classes, train=False)
     ground_truth = val_loader.dataset.detection_ground_truth()
     category_ids = ground_truth.category_ids if ground_truth is not None else None
     return DataBundle(train_loader, val_loader, classes, category_ids)

@@ -16,24 +16,26 @@ from vision_mtl.utils.runtime import Precision
 
 def evaluate_weights(weights: str | Path, config: str | Path | None = None,
                      overrides: list[str] | tuple[str, ...] = (), threshold: float = 0.5,
-                     progress: bool = True, precision: Precision = "fp32") -> Evaluation:
-    """Metrics of ``weights`` on the val split of its own config (plus ``config``/``overrides`` on top).
-    ``threshold``: the score at which a multi-label class counts as predicted (for F1); ``precision``:
-    a checkpoint's (bf16 autocast where native, to measure what it costs)."""
+                     progress: bool = True, precision: Precision = "fp32", split: str = "val") -> Evaluation:
+    """Metrics of ``weights`` on the ``split`` (``val`` or ``test``) of its own config (plus
+    ``config``/``overrides`` on top). ``threshold``: the score at which a multi-label class counts as
+    predicted (for F1); ``precision``: a checkpoint's (bf16 autocast where native, to measure what it costs)."""
     runner, cfg = load_runner(weights, config, overrides, precision)
-    data = build_data(cfg, classes=runner.info.classes, train=False)
+    data = build_data(cfg, classes=runner.info.classes, train=False, eval_split=split)
     evaluator = Evaluator(data.val, runner.info.classes, cfg.model.classification.multi_label, threshold,
                           cfg.model.segmentation.ignore_index)
     return evaluator.run(runner, show_progress=progress)
 
 
-def default_eval_folder(weights: str | Path) -> Path:
+def default_eval_folder(weights: str | Path, split: str = "val") -> Path:
     """Where an evaluation of ``weights`` goes unless told: ``<run>/eval/<stem>/`` for weights in a
-    run folder (one with the ``config.yaml`` tools/train.py writes), else ``<stem>_eval/`` beside them."""
+    run folder (one with the ``config.yaml`` tools/train.py writes), else ``<stem>_eval/`` beside them;
+    ``<stem>_test`` for the test split."""
     weights = Path(weights)
+    name = weights.stem if split == "val" else f"{weights.stem}_{split}"
     if (weights.parent / "config.yaml").is_file():
-        return weights.parent / "eval" / weights.stem
-    return weights.with_name(f"{weights.stem}_eval")
+        return weights.parent / "eval" / name
+    return weights.with_name(f"{name}_eval")
 
 
 def save_evaluation(evaluation: Evaluation, folder: str | Path) -> list[Path]:
