@@ -4,11 +4,11 @@
     python tools/check_cuda.py --dry-run      # anywhere: checks each step would start (< 1 min)
 
 Steps, each a subprocess with its own timeout inside --budget seconds, run in this order (a failed,
-timed-out or skipped one is recorded and the next starts): the environment; pytest -k cuda; a
-training smoke (train.amp=fp16, mtl.balancer=pcgrad); benchmark.py engine with pcgrad and with
-uncertainty (fp32, bf16, fp16); benchmark.py augment --decode (coco128 when ../shared/datasets/coco128
-exists, else synthetic shapes); a one-process nccl group, alone and under torchrun; ONNX export
-(float32 and --half) of the smoke's checkpoint; benchmark.py infer on it. Writes
+timed-out or skipped one is recorded and the next starts): the environment; a one-process nccl
+group, alone and under torchrun; pytest -k cuda; a training smoke (train.amp=fp16,
+mtl.balancer=pcgrad); benchmark.py augment --decode (coco128 when ../shared/datasets/coco128 exists,
+else synthetic shapes); benchmark.py engine with pcgrad (fp32, bf16, fp16); ONNX export (float32
+and --half) of the smoke's checkpoint; benchmark.py infer on it; engine with uncertainty. Writes
 check_cuda_report.md and check_cuda_report.json in --out, each step's output in --out/logs/
 (--out/work/ is the check's scratch, replaced each run). Exits 1 when a step did not pass.
 """
