@@ -110,9 +110,9 @@ class Outcome:
     log_tail: list[str] = field(default_factory=list)
 
 
-def build_steps(out: Path, python: str = sys.executable) -> list[Step]:
+def build_steps(out: Path) -> list[Step]:
     """The check's steps, in order of value (the budget may not reach the last ones); scratch under ``out/work``."""
-    work = out / "work"
+    work, python = out / "work", sys.executable
     tool = lambda name: REPO_ROOT / "tools" / name  # noqa: E731
     help_of = lambda name: [python, str(tool(name)), "--help"]  # noqa: E731
     shapes_yaml = REPO_ROOT / "configs" / "shapes.yaml"
