@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install train test benchmark clean
+.PHONY: install train test benchmark check-cuda clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: install
 
 benchmark: install
 	$(PY) tools/benchmark.py model
+
+# on a GPU machine: every CUDA path in about 8 minutes, report in runs/check_cuda/ (ARGS=--dry-run: anywhere)
+check-cuda: install
+	$(PY) tools/check_cuda.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
