@@ -274,8 +274,10 @@ def test_visualize_augment_tool_writes_a_png_or_one_line_error(tiny_overrides, t
     done = run_tool("visualize_augment.py", "--out", str(out), *tiny_overrides, "train.augment.preset=default")
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and done.stdout.strip() == f"wrote {out}"
-    bad = run_tool("visualize_augment.py", "--out", str(out), *tiny_overrides, "train.augment.hflip=2")
+    written = out.read_bytes()
+    bad = run_tool("visualize_augment.py", "--out", str(out), "--force", *tiny_overrides, "train.augment.hflip=2")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: train.augment.hflip=2.0 must be in [0, 1]"
+    assert out.read_bytes() == written
 
 
 def _mixup_partner(out: torch.Tensor, images: torch.Tensor, b: int) -> int | None:

@@ -17,6 +17,7 @@ from data_scenes import SCENES, write_coco, write_images, write_yolo
 from test_tools import assert_user_error
 from vision_mtl.config import load_config
 from vision_mtl.data import problems as kinds
+from vision_mtl.data.convert import coco_to_yolo
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.shapes import MARKER, ensure_shapes
 from vision_mtl.errors import ConfigError, DataError
@@ -170,6 +171,35 @@ def test_coco_annotation_of_an_unlisted_image_is_reported(tmp_path, make_config,
                in r.getMessage() for r in caplog.records)
 
 
+def test_coco_image_id_shared_by_two_images_leaves_both_unlabelled(tmp_path, make_config, caplog):
+    """Whose boxes are the shared id's cannot be known: neither image gets them (before, the second
+    image silently got the first one's boxes)."""
+    write_images(tmp_path / "images")
+    coco_path = write_coco(tmp_path / "coco.json")
+    coco = json.loads(coco_path.read_text())
+    a, b = coco["images"][:2]
+    coco["annotations"] = [ann for ann in coco["annotations"] if ann["image_id"] != b["id"]]
+    b["id"] = a["id"]
+    coco_path.write_text(json.dumps(coco))
+    source = {"format": "coco", "images": "images", "annotations": "coco.json"}
+    cfg = make_config(f"data.root={tmp_path}", "model.tasks=[detection, segmentation]", f"data.train={flow(source)}",
+                      f"data.val={flow(source)}")
+    caplog.set_level(logging.WARNING, logger="vision_mtl.data")
+    dataset = build_data(cfg, train=False).val.dataset
+    labelled = {record.key: dataset.labelled_for(i) for i, record in enumerate(dataset.records)}
+    assert labelled == {a["file_name"]: set(), b["file_name"]: set(), **{s.key: {"detection", "segmentation"}
+                                                                         for s in SCENES[2:]}}
+    assert dataset.problem_counts()[kinds.SHARED_IMAGE_ID] == 2
+    messages = [r.getMessage() for r in caplog.records]
+    for name in (a["file_name"], b["file_name"]):
+        assert any(f"{coco_path} ({name}): 1 image id shared with another image (image unlabelled)" in m
+                   for m in messages), messages
+    assert any("2 image id shared with another image (image unlabelled)" in m for m in messages), messages
+    counts = coco_to_yolo(coco_path, tmp_path / "images", tmp_path / "yolo")
+    assert counts["images"] == len(SCENES) and counts[f"{kinds.SHARED_IMAGE_ID} (in the COCO file)"] == 2
+    assert sorted(p.name for p in (tmp_path / "yolo" / "labels" / "train").rglob("*.txt")) == ["c.txt", "d.txt"]
+
+
 # ------------------------------------------------------------ 6. a training split with nothing to learn
 
 @pytest.fixture
@@ -255,6 +285,26 @@ def test_label_csv_columns_named_by_the_source(tmp_path, make_config):
         build_data(make_config(f"data.root={tmp_path}", "model.tasks=[classification]", f"data.train={flow(wrong)}",
                                f"data.val={flow(wrong)}"), train=False)
     assert one_line(info.value) and "'kinds'" in str(info.value) and "label_column" in str(info.value)
+
+
+def test_label_csv_rows_that_disagree_leave_the_image_unlabelled(tmp_path, make_config, caplog):
+    """Two rows giving one image different labels: unlabelled and reported (before, the later row won
+    silently); rows repeating the same labels are taken once, without a report."""
+    write_images(tmp_path / "images")
+    rows = [f"{s.key},{s.label}" for s in SCENES] + ["a.png,outdoor", "b.png,outdoor", "a.png,indoor"]
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("file,label\n" + "".join(row + "\n" for row in rows))
+    assert SCENES[0].key == "a.png" and SCENES[1].label == "outdoor"
+    source = {"format": "csv", "images": "images", "labels": "labels.csv"}
+    cfg = make_config(f"data.root={tmp_path}", "model.tasks=[classification]", f"data.train={flow(source)}",
+                      f"data.val={flow(source)}")
+    caplog.set_level(logging.WARNING, logger="vision_mtl.data")
+    dataset = build_data(cfg, train=False).val.dataset
+    labelled = {record.key: dataset.labelled_for(i) for i, record in enumerate(dataset.records)}
+    assert labelled == {"a.png": set(), **{s.key: {"classification"} for s in SCENES[1:]}}
+    assert dataset.problem_counts() == {kinds.CONFLICTING_ROWS: 1}
+    assert any(f"{csv_path} (a.png): 1 image in rows with different labels (image unlabelled)" in r.getMessage()
+               for r in caplog.records)
 
 
 @pytest.mark.parametrize("source, needle", [

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 
 from conftest import REPO_ROOT, one_line
 from test_export import tiny
+from test_hardening_data import snapshot
 from test_infer import make_image_folder
 from vision_mtl.engine.export_wrapper import ExportWrapper
 from vision_mtl.engine.results import restore_mask, split_predictions
@@ -142,6 +145,39 @@ def test_export_imgsz_zero_is_refused(weights, tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_export_out_is_an_onnx_file_never_a_folder(weights, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for out, needle in ((folder, "is a folder"), (tmp_path / "model.bin", "does not end in .onnx")):
+        result = tool(monkeypatch, capsys, "export_onnx.py", "--weights", str(weights), "--out", str(out), "--force")
+        assert_one_line_error(result, str(out), needle)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["models"]
+
+
+# ------------------------------------------------------------------------------- visualize_augment
+
+def test_visualize_augment_writes_only_a_new_png_file(tiny_overrides, tmp_path, monkeypatch, capsys):
+    """A folder, another kind of file or an existing PNG is refused in one line and left as it was
+    (before: tracebacks, and notes.txt or photo.jpg overwritten); missing folders are created."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "photo.jpg").write_bytes(b"my photo")
+    (tmp_path / "aug.png").write_bytes(b"an earlier preview")
+    before = snapshot(tmp_path)
+    refused = [(name, needle, force) for name, needle in (("folder", "is a folder"), ("notes.txt", "end in .png"),
+                                                          ("photo.jpg", "end in .png"))
+               for force in ([], ["--force"])]
+    for name, needle, force in [*refused, ("aug.png", "--force", [])]:
+        result = tool(monkeypatch, capsys, "visualize_augment.py", "--out", str(tmp_path / name), *force,
+                      *tiny_overrides)
+        assert_one_line_error(result, str(tmp_path / name), needle)
+    assert snapshot(tmp_path) == before
+    for out, force in ((tmp_path / "new" / "deeper" / "aug.png", []), (tmp_path / "aug.png", ["--force"])):
+        code, err = tool(monkeypatch, capsys, "visualize_augment.py", "--out", str(out), *force, *tiny_overrides)
+        assert code == 0, err
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---------------------------------------------------------------------------------- convert
 
 def test_convert_never_writes_or_unlinks_outside_out(shapes_root, tmp_path, monkeypatch, capsys, caplog):
@@ -241,6 +277,27 @@ def test_export_on_a_read_only_file_system_is_one_line(weights, tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------ infer flags
+
+def test_infer_outputs_inside_the_source_are_not_read_as_images(weights, shapes_root, tmp_path, monkeypatch, capsys,
+                                                                caplog):
+    """Two runs with their --out inside --source: each reads the 6 photos, not the masks and overlays
+    of the run before (which made it '12 images'), and says what it left out."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted((shapes_root / "val" / "images").glob("*.jpg"))[:6]:
+        shutil.copy(path, photos / path.name)
+    caplog.set_level(logging.INFO, logger="vision_mtl.inference")
+    for out, extra in (("run1", []), ("run2", []), ("run1", ["--resume"])):
+        code, err = tool(monkeypatch, capsys, "infer.py", "--weights", str(weights), "--source", str(photos),
+                         "--out", str(photos / out), "--overlays", "--workers", "0", *extra)
+        assert code == 0, err
+        summary = json.loads((photos / out / "summary.json").read_text())
+        assert summary["images"] == summary["succeeded"] == 6, summary
+    assert summary["done_before"] == 6
+    notes = [r.getMessage() for r in caplog.records if "tools/infer.py wrote" in r.getMessage()]
+    assert len(notes) == 2 and "left out 12 image(s)" in notes[0] and str(photos / "run1") in notes[0]
+    assert "left out 24 image(s)" in notes[1] and str(photos / "run2") in notes[1]
+
 
 @pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--batch", "-1"), ("--workers", "-1"),
                                          ("--imgsz", "-32"), ("--imgsz", "0")])

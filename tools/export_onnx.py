@@ -13,8 +13,9 @@ det_candidate_scores [B,N,C]; seg_mask [B,H,W] (argmax in the graph) or, with --
 seg_logits [B,K,H,W]. Tasks, class names, input size, mean/std and the training config are in the
 file's metadata_props. The graph passes onnx.checker and is compared with PyTorch through
 onnxruntime on sample images (--images, else generated; batches of 1 and 3): the tool fails if
-an output differs beyond tolerance. --out is written only when both checks pass, and replaces an
-existing file only with --force (never the checkpoint itself).
+an output differs beyond tolerance. --out, a .onnx file (missing folders are created), is written
+only when both checks pass, and replaces an existing file only with --force (never the checkpoint
+itself).
 
 --int8: the float32 graph, checked as above, is quantised with onnxruntime's static quantisation
 (QDQ, per-channel int8 weights; only the Conv/MatMul/Gemm ops, so NMS, top-k and argmax stay float32),

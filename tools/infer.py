@@ -14,7 +14,8 @@ Outputs in --out (the layout of the source is kept under masks/ and overlays/):
   errors.log           file<TAB>reason for every image that could not be read
   summary.json         counts, images/s, settings
 --out must be new or empty; an interrupted run continues with --resume (same settings), and its
-final files equal those of an uninterrupted run.
+final files equal those of an uninterrupted run. A folder or glob --source leaves out the folders
+tools/infer.py wrote (with a note), so an --out inside --source is never read as input.
 """
 
 from __future__ import annotations

@@ -56,10 +56,13 @@ def coco_to_yolo(annotations: str | Path, images: str | Path, out: str | Path, s
             os.symlink(source.resolve(), target)
         else:
             shutil.copy2(source, target)
-        lines = _yolo_lines(instances, img["height"], img["width"], counts)
         labels = label_path(target)
-        labels.parent.mkdir(parents=True, exist_ok=True)
-        labels.write_text("".join(line + "\n" for line in lines))
+        if instances is None:  # unlabelled (its id is shared): no label file, nor one from an earlier run
+            labels.unlink(missing_ok=True)
+        else:
+            lines = _yolo_lines(instances, img["height"], img["width"], counts)
+            labels.parent.mkdir(parents=True, exist_ok=True)
+            labels.write_text("".join(line + "\n" for line in lines))
         counts["images"] += 1
     spec.update({split: f"images/{split}", "names": coco.class_names})
     if coco.category_ids != list(range(1, len(coco.class_names) + 1)):

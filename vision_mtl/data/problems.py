@@ -29,6 +29,8 @@ MASK_SIZE = "mask size differs from image"
 UNREADABLE_MASK = "unreadable mask"
 LABEL_SIZE = "annotated size differs from image"
 UNLISTED_IMAGE = "annotation of an image not in 'images'"
+SHARED_IMAGE_ID = "image id shared with another image"
+CONFLICTING_ROWS = "image in rows with different labels"
 OUTSIDE_FOLDER = "file name leads outside the output folder"
 
 ACTIONS: dict[str, str] = {
@@ -45,6 +47,8 @@ ACTIONS: dict[str, str] = {
     UNREADABLE_MASK: "mask skipped",
     LABEL_SIZE: "boxes and mask skipped",
     UNLISTED_IMAGE: "dropped",
+    SHARED_IMAGE_ID: "image unlabelled",
+    CONFLICTING_ROWS: "image unlabelled",
     OUTSIDE_FOLDER: "image skipped",
 }
 

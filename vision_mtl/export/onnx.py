@@ -29,7 +29,7 @@ from vision_mtl.export.verify import FLOAT16, FLOAT32, sample_batches, verify_on
 from vision_mtl.errors import CheckpointError, ConfigError, ExportError, first_line
 from vision_mtl.models import MultiTaskModel
 from vision_mtl.utils.atomic import atomic_path
-from vision_mtl.utils.outputs import check_writable, writing
+from vision_mtl.utils.outputs import check_out_file, writing
 
 INPUT_DOC = "images: [B, 3, H, W] RGB in [0, 1] ({dtype}), letterboxed (scaled, padded bottom/right with 114/255)"
 Exporter = Literal["dynamo", "torchscript"]
@@ -51,8 +51,8 @@ def export_checkpoint(weights: str | Path, out: str | Path, overrides: list[str]
     (:func:`~vision_mtl.export.quantize.val_accuracy_change`), not held to a tolerance.
 
     ``out`` appears only once the graph has passed both checks (written beside it, flushed to disk,
-    then renamed), so a failed export leaves what was there. It is never the checkpoint itself, and
-    an existing file is replaced only with ``overwrite``."""
+    then renamed), so a failed export leaves what was there. It is a ``.onnx`` file, never the
+    checkpoint itself, and an existing file is replaced only with ``overwrite``."""
     out = Path(out)
     if Path(weights).suffix.lower() == ".onnx":
         raise CheckpointError(f"'{weights}' is already ONNX; export from the .pt checkpoint tools/train.py wrote")
@@ -77,14 +77,11 @@ def export_checkpoint(weights: str | Path, out: str | Path, overrides: list[str]
 
 
 def _check_out(weights: str | Path, out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an ``out`` that is the checkpoint itself, one that exists unless
-    ``overwrite``, and one whose folder cannot be written."""
+    """Refuse, before any work, an ``out`` that is the checkpoint itself, then what
+    :func:`~vision_mtl.utils.outputs.check_out_file` refuses (the runners tell ONNX by its suffix)."""
     if out.exists() and Path(weights).exists() and os.path.samefile(out, weights):
         raise ConfigError(f"--out '{out}' is the checkpoint '{weights}' itself; choose another file for the ONNX model")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out '{out}' exists; choose another file, or replace it with --force "
-                          "(overwrite=True from Python)")
-    check_writable(out.parent)
+    check_out_file(out, ".onnx", overwrite, force="--force (overwrite=True from Python)")
 
 
 def export_onnx(wrapper: ExportWrapper, info: ModelInfo, path: str | Path, opset: int | None = None,

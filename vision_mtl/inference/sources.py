@@ -2,18 +2,25 @@
 
 A folder is walked recursively; a glob (``photos/**/*.jpg``) is taken relative to its fixed
 prefix; a ``.txt`` list names one path per line (relative to the list's folder), taken relative
-to their common folder; a single image stands for itself.
+to their common folder; a single image stands for itself. A folder or glob leaves out the folders
+below it that tools/infer.py wrote (they hold its marker), so an ``--out`` inside ``--source`` never
+becomes input of the next run.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from vision_mtl.data.image_io import IMAGE_SUFFIXES, list_images
 from vision_mtl.errors import DataError
+from vision_mtl.inference.folder import MARKER
+
+logger = logging.getLogger(__name__)
 
 GLOB_CHARACTERS = "*?["
 
@@ -33,7 +40,7 @@ def list_source(source: str | Path) -> list[ImageFile]:
     if any(c in text for c in GLOB_CHARACTERS) and not path.exists():
         files = _from_glob(text)
     elif path.is_dir():
-        files = [ImageFile(p.relative_to(path).as_posix(), p) for p in list_images(path)]
+        files = _without_infer_outputs(path, [ImageFile(p.relative_to(path).as_posix(), p) for p in list_images(path)])
     elif path.suffix.lower() == ".txt" and path.is_file():
         files = _from_list(path)
     elif path.is_file():
@@ -53,8 +60,26 @@ def _from_glob(pattern: str) -> list[ImageFile]:
     fixed = next((i for i, part in enumerate(parts) if any(c in part for c in GLOB_CHARACTERS)), len(parts))
     root = Path(*parts[:fixed]) if fixed else Path(".")
     paths = [Path(p) for p in glob.glob(pattern, recursive=True)]
-    return [ImageFile(p.relative_to(root).as_posix(), p) for p in paths
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return _without_infer_outputs(root, [ImageFile(p.relative_to(root).as_posix(), p) for p in paths
+                                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES])
+
+
+def _without_infer_outputs(root: Path, files: list[ImageFile]) -> list[ImageFile]:
+    """``files`` less those in folders below ``root`` that tools/infer.py wrote (masks and overlays
+    of an earlier run are no photos), with a note naming those folders."""
+
+    @functools.cache
+    def output_of(folder: Path) -> Path | None:
+        if folder == root or folder == folder.parent:
+            return None
+        return folder if (folder / MARKER).is_file() else output_of(folder.parent)
+
+    outputs = {file: output_of(file.path.parent) for file in files}
+    skipped = sorted({str(folder) for folder in outputs.values() if folder is not None})
+    if skipped:
+        logger.info("source '%s': left out %d image(s) in folder(s) tools/infer.py wrote: %s", root,
+                    sum(folder is not None for folder in outputs.values()), ", ".join(skipped))
+    return [file for file, folder in outputs.items() if folder is None]
 
 
 def _from_list(list_file: Path) -> list[ImageFile]:

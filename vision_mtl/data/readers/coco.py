@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -44,7 +45,9 @@ def load_coco_json(path: str | Path) -> dict:
 
 
 class CocoFile:
-    """A COCO file's categories and, per image entry, its :class:`Instances` (checked and repaired)."""
+    """A COCO file's categories and, per image entry, its :class:`Instances` (checked and repaired),
+    or None for an entry whose id another entry shares: that id's annotations could belong to
+    either, so each such image is unlabelled (and reported)."""
 
     def __init__(self, path: str | Path, problems: ProblemLog):
         self.path = Path(path)
@@ -60,12 +63,17 @@ class CocoFile:
                 per_image[image_id].append(ann)
             else:
                 problems.add(self.path, kinds.UNLISTED_IMAGE)
+        shared = {image_id for image_id, n in Counter(img["id"] for img in data["images"]).items() if n > 1}
         self.images = data["images"]
-        self.instances = [
-            _instances(per_image[img["id"]], img["height"], img["width"], index_of, f"{self.path} ({img['file_name']})",
-                       problems)
-            for img in self.images
-        ]
+        self.instances: list[Instances | None] = []
+        for img in self.images:
+            where = f"{self.path} ({img['file_name']})"
+            if img["id"] in shared:
+                problems.add(where, kinds.SHARED_IMAGE_ID)
+                self.instances.append(None)
+            else:
+                self.instances.append(_instances(per_image[img["id"]], img["height"], img["width"], index_of, where,
+                                                 problems))
 
 
 def _instances(anns: list[dict], height: int, width: int, index_of: dict[int, int], where: str,
@@ -127,7 +135,7 @@ def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
             ctx.problems.add(path, kinds.MISSING_IMAGE)
             continue
         if presence:
-            names = [coco.class_names[i] for i in sorted(set(instances.labels.tolist()))]
+            names = None if instances is None else [coco.class_names[i] for i in sorted(set(instances.labels.tolist()))]
         elif label_csv is not None:
             names = label_csv.get(img["file_name"])
         else:
