@@ -30,6 +30,8 @@ UNREADABLE_MASK = "unreadable mask"
 LABEL_SIZE = "annotated size differs from image"
 UNLISTED_IMAGE = "annotation of an image not in 'images'"
 OUTSIDE_FOLDER = "file name leads outside the output folder"
+UNREADABLE_LABELS = "unreadable label file"
+NO_PATTERN_MATCH = "file name does not match label_pattern"
 
 ACTIONS: dict[str, str] = {
     MISSING_IMAGE: "image skipped",
@@ -46,6 +48,8 @@ ACTIONS: dict[str, str] = {
     LABEL_SIZE: "boxes and mask skipped",
     UNLISTED_IMAGE: "dropped",
     OUTSIDE_FOLDER: "image skipped",
+    UNREADABLE_LABELS: "image unlabelled",
+    NO_PATTERN_MATCH: "image unlabelled",
 }
 
 # Problems with an image itself; every other kind is a problem with its labels.
