@@ -23,6 +23,7 @@ from vision_mtl.data import convert
 from vision_mtl.data.loader import build_data
 from vision_mtl.data.problems import ProblemLog
 from vision_mtl.data.readers.context import ReadContext
+from vision_mtl.data.report import split_report
 from vision_mtl.data.readers.lists import select
 from vision_mtl.data.readers.voc import parse_voc_xml
 from vision_mtl.data.sample import IGNORE_INDEX
@@ -110,6 +111,8 @@ def test_voc_boxes_difficult_masks_and_bad_files(voc_root, caplog):
     for key in ("c.png", "d.png", "e.png"):
         assert samples[key].has == {"segmentation"}
     assert (a.mask[:48, :32] == 1).all() and (a.mask[:48, 32:] == 0).all() and (a.mask[48:] == IGNORE_INDEX).all()
+    # check_dataset counts the mask files' classes, not the box-only objects, for every image
+    assert split_report(dataset).images["segmentation"]["cat"] == 5
     gt = dataset.detection_ground_truth().coco
     assert sorted((ann["bbox"], ann["iscrowd"]) for ann in gt["annotations"]) == \
         [([0, 0, 40, 30], 0), ([4, 4, 16, 16], 0), ([29, 9, 21, 21], 1)]
