@@ -301,3 +301,14 @@ def test_pets3_reads_breeds_head_boxes_and_trimaps():
     values = set(np.unique(sample.mask).tolist())
     assert values == {0, 1, IGNORE_INDEX}  # pet, background, border (and padding) ignored
     assert sample.label == data.classes["classification"].index(Path(sample.meta["key"]).stem.rsplit("_", 1)[0])
+
+
+def test_to_voc_never_writes_outside_out(tmp_path):
+    write_images(tmp_path / "data" / "images")
+    coco = json.loads(write_coco(tmp_path / "data" / "coco.json").read_text())
+    (tmp_path / "data" / "evil.png").write_bytes((tmp_path / "data" / "images" / "a.png").read_bytes())
+    coco["images"][0]["file_name"] = "../evil.png"
+    (tmp_path / "data" / "coco.json").write_text(json.dumps(coco))
+    counts = write_voc(read_coco(tmp_path / "data" / "coco.json", tmp_path / "data" / "images"), tmp_path / "out" / "voc")
+    assert counts["images"] == len(SCENES) - 1 and counts[f"{kinds.OUTSIDE_FOLDER} (in the COCO files)"] == 1
+    assert sorted(p.name for p in (tmp_path / "out").rglob("evil*")) == []
