@@ -26,6 +26,7 @@ setup(
         "tensorboard>=2.16",
         "matplotlib>=3.8",
         "kornia>=0.7,<1",  # batched device augmentation (data/augment/device.py)
+        "defusedxml>=0.7",  # Pascal VOC XML from strangers: no entity expansion, no external entities
     ],
     extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
 )

@@ -196,7 +196,7 @@ def test_coco_image_id_shared_by_two_images_leaves_both_unlabelled(tmp_path, mak
                    for m in messages), messages
     assert any("2 image id shared with another image (image unlabelled)" in m for m in messages), messages
     counts = coco_to_yolo(coco_path, tmp_path / "images", tmp_path / "yolo")
-    assert counts["images"] == len(SCENES) and counts[f"{kinds.SHARED_IMAGE_ID} (in the COCO file)"] == 2
+    assert counts["images"] == len(SCENES) and counts[f"{kinds.SHARED_IMAGE_ID} (in the COCO files)"] == 2
     assert sorted(p.name for p in (tmp_path / "yolo" / "labels" / "train").rglob("*.txt")) == ["c.txt", "d.txt"]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -517,8 +518,27 @@ def _validate_sources(sources: list[SourceConfig], key: str) -> None:
         if source.classes is not None and source.format in ("coco", "yolo"):
             raise ConfigError(f"{where}: its file declares the classes; rename or merge them with class_map")
         if any(isinstance(k, int) for k in source.class_map or {}) and source.format not in ("masks", "files", "voc"):
-            raise ConfigError(f"{where}: integer class_map keys map mask values, and only masks and files "
+            raise ConfigError(f"{where}: integer class_map keys map mask values, and only masks, files and voc "
                               "sources have masks")
+        _validate_image_labels(source, where)
+
+
+def _validate_image_labels(source: SourceConfig, where: str) -> None:
+    """``fraction``, and one way of giving image-level classes: ``labels``, ``label_list`` or ``label_pattern``."""
+    if source.fraction is not None and not (len(source.fraction) == 2 and 0 <= source.fraction[0] < source.fraction[1] <= 1):
+        raise ConfigError(f"{where}: fraction={source.fraction} must be [start, end] with 0 <= start < end <= 1")
+    given = [key for key in ("labels", "label_list", "label_pattern") if getattr(source, key)]
+    if len(given) > 1:
+        raise ConfigError(f"{where}: give one of 'labels', 'label_list' and 'label_pattern', not {' and '.join(given)}")
+    if bool(source.label_list) != bool(source.label_ids):
+        raise ConfigError(f"{where}: 'label_list' and 'label_ids' ({{class-id: name}}) go together; give both or neither")
+    if source.label_pattern:
+        try:
+            if re.compile(source.label_pattern).groups < 1:
+                raise re.error("it has no group (the class name is the first group)")
+        except re.error as exc:
+            raise ConfigError(f"{where}: label_pattern {source.label_pattern!r} is not a usable regular expression: "
+                              f"{exc}") from None
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:

@@ -155,7 +155,7 @@ class MultiTaskDataset(Dataset):
             if "detection" in tasks:
                 det = maps.detection[objects.labels[~objects.crowd]]
                 labels["detection"] = det[det >= 0].tolist()
-            if "segmentation" in tasks:
+            if "segmentation" in tasks and source.seg_from_instances:
                 seg = maps.instance_values[objects.labels[painted]]
                 labels["segmentation"] = seg[seg != IGNORE_INDEX].tolist()
         if "classification" in tasks:

@@ -32,6 +32,8 @@ UNLISTED_IMAGE = "annotation of an image not in 'images'"
 SHARED_IMAGE_ID = "image id shared with another image"
 CONFLICTING_ROWS = "image in rows with different labels"
 OUTSIDE_FOLDER = "file name leads outside the output folder"
+UNREADABLE_LABELS = "unreadable label file"
+NO_PATTERN_MATCH = "file name does not match label_pattern"
 
 ACTIONS: dict[str, str] = {
     MISSING_IMAGE: "image skipped",
@@ -50,6 +52,8 @@ ACTIONS: dict[str, str] = {
     SHARED_IMAGE_ID: "image unlabelled",
     CONFLICTING_ROWS: "image unlabelled",
     OUTSIDE_FOLDER: "image skipped",
+    UNREADABLE_LABELS: "image unlabelled",
+    NO_PATTERN_MATCH: "image unlabelled",
 }
 
 # Problems with an image itself; every other kind is a problem with its labels.

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from vision_mtl.config import Config, SourceConfig
-from vision_mtl.data.readers import coco, files, imagefolder, label_csv, masks, yolo
+from vision_mtl.data.readers import coco, files, imagefolder, label_csv, masks, voc, yolo
 from vision_mtl.data.problems import ProblemLog
 from vision_mtl.data.readers.context import ReadContext
+from vision_mtl.data.readers.lists import add_image_labels, select, split_ids
 from vision_mtl.data.records import SourceIndex
 from vision_mtl.errors import DataError
 
@@ -17,6 +18,7 @@ READERS: dict[str, Callable[[SourceConfig, ReadContext], SourceIndex]] = {
     "files": files.read,
     "coco": coco.read,
     "yolo": yolo.read,
+    "voc": voc.read,
     "imagefolder": imagefolder.read,
     "csv": label_csv.read,
     "masks": masks.read,
@@ -66,8 +68,13 @@ def require_targets(split: Split, tasks: list[str]) -> None:
 
 
 def read_source(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
-    """One source, used for the tasks it is configured for (default: every task it labels)."""
+    """One source, used for the tasks it is configured for (default: every task it labels): the
+    reader's records, narrowed by ``split_file`` and ``fraction``, classes from ``label_list`` or
+    ``label_pattern`` added."""
+    ctx = replace(ctx, only=split_ids(cfg, ctx))
     index = READERS[cfg.format](cfg, ctx)
+    select(index, cfg, ctx)
+    add_image_labels(index, cfg, ctx)
     wanted = set(cfg.tasks) if cfg.tasks is not None else index.provides
     missing = wanted - index.provides
     if missing:

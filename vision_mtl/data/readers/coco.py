@@ -131,6 +131,8 @@ def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     records = []
     for img, instances in zip(coco.images, coco.instances):
         path = images_dir / img["file_name"]
+        if not ctx.wanted(img["file_name"]):
+            continue
         if not path.is_file():
             ctx.problems.add(path, kinds.MISSING_IMAGE)
             continue

@@ -5,14 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vision_mtl.data.image_io import list_images
 from vision_mtl.data.problems import ProblemLog
 from vision_mtl.errors import DataError
+
+
+def image_ids(key: str) -> tuple[str, str]:
+    """The ids a split file or label list may name an image by: its key without extension
+    (``sub/a`` for ``sub/a.jpg``) and its bare stem (``a``)."""
+    path = Path(key)
+    return path.with_suffix("").as_posix(), path.stem
 
 
 @dataclass
 class ReadContext:
     """Where a source's paths are resolved and what it is read for; ``name`` (``data.train[0] (coco)``)
-    starts every message about the source."""
+    starts every message about the source. ``only``: the image ids of the source's ``split_file``
+    (None: every image); readers that list a folder skip the others before reading their labels."""
 
     root: Path
     split: str
@@ -21,6 +30,7 @@ class ReadContext:
     multi_label: bool
     seg_classes: list[str] | None
     problems: ProblemLog
+    only: set[str] | None = None
 
     def path(self, value: str) -> Path:
         """``value`` under ``data.root`` unless it is absolute."""
@@ -37,3 +47,11 @@ class ReadContext:
         if not file.is_file():
             raise DataError(f"{self.name}: {key} file '{file}' not found; check '{key}' and data.root")
         return file
+
+    def wanted(self, key: str) -> bool:
+        """Whether the image at ``key`` (relative to its images folder) is read: listed, or no list."""
+        return self.only is None or not self.only.isdisjoint(image_ids(key))
+
+    def images(self, folder: Path) -> list[Path]:
+        """The images under ``folder`` (sorted) that this source reads."""
+        return [p for p in list_images(folder) if self.wanted(p.relative_to(folder).as_posix())]

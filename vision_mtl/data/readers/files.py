@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from vision_mtl.config import SourceConfig
 from vision_mtl.data.readers.coco import CocoFile
-from vision_mtl.data.image_io import list_images
 from vision_mtl.data.readers.label_csv import source_labels
 from vision_mtl.data.readers.masks import find_mask, mask_classes
 from vision_mtl.data.readers.context import ReadContext
@@ -26,7 +25,7 @@ def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     masks_dir = ctx.folder(cfg.masks, "masks") if cfg.masks else None
     coco = CocoFile(ctx.file(cfg.annotations, "annotations"), ctx.problems) if cfg.annotations else None
     labels = source_labels(cfg, ctx)
-    paths = list_images(images_dir)
+    paths = ctx.images(images_dir)
     if not paths:
         raise DataError(f"{ctx.name}: no images found in '{images_dir}'")
     annotated = {img["file_name"]: (img, inst) for img, inst in zip(coco.images, coco.instances)} if coco else {}

@@ -15,7 +15,8 @@ def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if not class_dirs:
         raise DataError(f"{ctx.name}: '{root}' has no class sub-folders; imagefolder expects images/<class>/<image>")
-    found = [(folder.name, path) for folder in class_dirs for path in list_images(folder)]
+    found = [(folder.name, path) for folder in class_dirs for path in list_images(folder)
+             if ctx.wanted(path.relative_to(root).as_posix())]
     records = [Record(path, path.relative_to(root).as_posix(), i, classes=[name])
                for i, (name, path) in enumerate(found, start=1)]
     return SourceIndex(ctx.name, records, {"classification"},

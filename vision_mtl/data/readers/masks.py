@@ -13,7 +13,6 @@ import numpy as np
 
 from vision_mtl.config import SourceConfig
 from vision_mtl.data import problems as kinds
-from vision_mtl.data.image_io import list_images
 from vision_mtl.data.readers.context import ReadContext
 from vision_mtl.data.records import Record, SourceIndex
 from vision_mtl.data.sample import IGNORE_INDEX
@@ -50,7 +49,7 @@ def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     masks_dir = ctx.folder(cfg.masks, "masks")
     names, table = mask_classes(cfg, ctx)
     records = []
-    for i, path in enumerate(list_images(images_dir), start=1):
+    for i, path in enumerate(ctx.images(images_dir), start=1):
         key = path.relative_to(images_dir).as_posix()
         mask_file = find_mask(masks_dir, key)
         if mask_file is None:

@@ -149,6 +149,8 @@ def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
     class_index = {k: i for i, k in enumerate(spec.class_ids)}
     records, any_polygons = [], False
     for image_id, (path, key) in enumerate(spec.images(cfg.split or ctx.split), start=1):
+        if not ctx.wanted(key):
+            continue
         if not path.is_file():
             ctx.problems.add(path, kinds.MISSING_IMAGE)
             continue
