@@ -16,7 +16,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import REPO_ROOT, SHAPES_CLASSES, TINY_MODEL, one_line
-from vision_mtl.config import load_config
+from vision_mtl.config import config_to_dict, load_config
+from vision_mtl.engine.checkpoint import checkpoint_config
 from vision_mtl.errors import ConfigError, ModelError
 from vision_mtl.models import build_model
 from vision_mtl.models.backbone import Backbone
@@ -101,6 +102,14 @@ def test_timm_names_in_safetensors(tmp_path):
     assert_loaded(Backbone("test_resnet", str(tmp_path / "w.safetensors")), source)
 
 
+def test_timm_names_reach_the_flattened_modules_of_a_feature_list(tmp_path):
+    source = seeded_state("test_convnext")  # features_only names stages.0 as stages_0, stem.0 as stem_0
+    torch.save(source, tmp_path / "convnext.pth")
+    backbone = Backbone("test_convnext", str(tmp_path / "convnext.pth"))
+    for key, tensor in body_tensors(backbone).items():
+        assert torch.equal(tensor, source[key if key in source else key.replace("_", ".", 1)]), key
+
+
 def test_training_checkpoint_containers_and_ddp_prefix(tmp_path):
     source = seeded_state("test_resnet")
     ddp = {f"module.{k}": v for k, v in source.items()}
@@ -126,13 +135,24 @@ def test_a_tensor_left_over_missing_or_misshapen_is_refused(tmp_path, damage, pr
     assert one_line(info.value) and problem in str(info.value) and "nothing was loaded" in str(info.value)
 
 
-def test_efficientnet_pytorch_pairs_that_differ_are_refused(tmp_path):
-    renamed = efficientnet_pytorch_names(seeded_state(LITE0))
-    renamed["_blocks.3._depthwise_conv.weight"] = torch.ones(1, 1, 3, 3)
-    torch.save(renamed, tmp_path / "w.pth")
+def swap_weight_and_bias(state: dict[str, torch.Tensor], module: str) -> dict[str, torch.Tensor]:
+    """``state`` with ``module``'s bias stored before its weight (same shapes, other order)."""
+    keys = list(state)
+    i = keys.index(f"{module}.weight")
+    keys[i], keys[i + 1] = keys[i + 1], keys[i]
+    return {k: state[k] for k in keys}
+
+
+@pytest.mark.parametrize("damage, first_pair", [
+    (lambda s: {**s, "_blocks.3._depthwise_conv.weight": torch.ones(1, 1, 3, 3)},
+     "_blocks.3._depthwise_conv.weight (1, 1, 3, 3) -> blocks.2.0.conv_dw.weight (144, 1, 5, 5)"),
+    (lambda s: swap_weight_and_bias(s, "_blocks.3._bn1"), "_blocks.3._bn1.bias (144,) -> blocks.2.0.bn2.weight (144,)"),
+])
+def test_efficientnet_pytorch_pairs_that_differ_are_refused(tmp_path, damage, first_pair):
+    torch.save(damage(efficientnet_pytorch_names(seeded_state(LITE0))), tmp_path / "w.pth")
     with pytest.raises(ModelError) as info:
         Backbone(LITE0, str(tmp_path / "w.pth"))
-    assert one_line(info.value) and "_blocks.3._depthwise_conv.weight (1, 1, 3, 3) -> blocks." in str(info.value)
+    assert one_line(info.value) and first_pair in str(info.value)
 
 
 def test_efficientnet_pytorch_names_in_safetensors_are_refused(tmp_path):
@@ -153,6 +173,11 @@ def test_pretrained_and_backbone_weights_together_are_a_config_error():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["model.pretrained=true", "model.backbone_weights=w.pth"])
     assert one_line(info.value) and "drop one" in str(info.value)
+
+
+def test_a_checkpoint_rebuilds_without_hub_or_file_weights():
+    saved = {"config": config_to_dict(load_config(None, ["model.pretrained=true"]))}
+    assert not checkpoint_config(saved, "best.pt").model.pretrained
 
 
 def test_unknown_packaged_weights_list_the_known_ones():
