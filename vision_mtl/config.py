@@ -73,7 +73,8 @@ class ModelConfig:
     Pretrained weights (``models/pretrained.py``): ``pretrained: true`` loads timm's ImageNet weights for
     ``backbone`` through the Hugging Face hub cache; ``backbone_weights`` is a local file instead, in timm's
     names or another library's (torchvision, efficientnet_pytorch, a training checkpoint's ``state_dict``),
-    mapped to timm's names with a load report.
+    mapped to timm's names with a load report, or ``pkg:efficientnet_lite0`` for the file the ``lite0`` extra
+    installs (efficientnet_pytorch names; use with ``backbone: tf_efficientnet_lite0``). Not both at once.
 
     Transfer (``training/transfer.py``): ``init_from`` is a ``.pt`` from tools/train.py whose weights
     initialise the ``init_parts``; a head is taken only when the checkpoint has its task with the
@@ -473,7 +474,8 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_sharing(model: ModelConfig) -> None:
-    """Backbone stages exist as 1..5 (C1..C5); a branch point needs a stage after it."""
+    """Backbone stages exist as 1..5 (C1..C5); a branch point needs a stage after it; one source of
+    backbone weights."""
     if not 1 <= model.branch_stage <= 4:
         raise ConfigError(f"model.branch_stage={model.branch_stage} must be in 1..4 (stages up to it are shared; "
                           "5 would share the whole backbone: use model.sharing=neck)")
@@ -482,6 +484,9 @@ def _validate_sharing(model: ModelConfig) -> None:
     if model.unfreeze_epoch is not None and (model.unfreeze_epoch < 1 or not model.freeze_stages):
         raise ConfigError(f"model.unfreeze_epoch={model.unfreeze_epoch} needs model.freeze_stages >= 1 and an epoch "
                           ">= 1; set model.freeze_stages or model.unfreeze_epoch=null")
+    if model.pretrained and model.backbone_weights:
+        raise ConfigError(f"model.pretrained=true and model.backbone_weights={model.backbone_weights} both set the "
+                          "backbone's weights; drop one of them")
     if model.freeze_stages and "backbone" in model.freeze:
         raise ConfigError("model.freeze_stages and model.freeze=[backbone] both freeze the backbone; drop one of them")
 

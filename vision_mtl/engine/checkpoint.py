@@ -61,7 +61,7 @@ def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:
         cfg = config_from_dict(state["config"])
     except VisionMTLError as exc:
         raise CheckpointError(f"checkpoint '{path}' holds a config this version cannot read: {exc}") from exc
-    cfg.model.backbone_weights = None
+    cfg.model.backbone_weights, cfg.model.pretrained = None, False
     return cfg
 
 

@@ -135,7 +135,8 @@ def load_torch_runner(weights: str | Path, config: str | Path | None = None,
     state = load_checkpoint(weights)
     base = config_to_dict(checkpoint_config(state, weights))  # an unreadable saved config names the checkpoint
     cfg = load_config(config, overrides, base=base)
-    cfg.model.backbone_weights = None  # the checkpoint holds every weight, whatever an override says
+    # the checkpoint holds every weight, whatever an override says
+    cfg.model.backbone_weights, cfg.model.pretrained = None, False
     model = model_from_state(state, cfg, weights)
     device = resolve_device(cfg.train.device)
     info = ModelInfo.of(model, cfg, state["classes"], state.get("category_ids"))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from pathlib import Path
 
 import timm
 import torch
 from timm.models import FeatureDictNet
 from torch import nn
 
-from vision_mtl.errors import ModelError, first_line
+from vision_mtl.errors import ModelError
+from vision_mtl.models.pretrained import create_pretrained, load_backbone_weights
 
 PYRAMID_STRIDES: dict[int, int] = {2: 4, 3: 8, 4: 16, 5: 32}
 
@@ -20,12 +20,13 @@ class Backbone(nn.Module):
     """Wraps ``timm.create_model(features_only=True)`` and returns ``{level: tensor}`` for C2..C5.
 
     Channels and strides come from timm's ``feature_info`` rather than being hard-coded, so any
-    convolutional timm model with features at strides 4-32 works.
+    convolutional timm model with features at strides 4-32 works. ``weights`` (a file or ``pkg:`` name)
+    or ``pretrained`` (timm's hub weights) initialise it: see ``models/pretrained.py``.
     """
 
-    def __init__(self, name: str, weights: str | None = None):
+    def __init__(self, name: str, weights: str | None = None, pretrained: bool = False):
         super().__init__()
-        self.body = _create_timm(name, weights)
+        self.body = _create_timm(name, weights, pretrained)
         info = self.body.feature_info
         reductions = info.reduction()
         # the deepest feature of each stride wins when a model reports several at one stride
@@ -87,19 +88,14 @@ def run_modules(modules: nn.ModuleDict, x: torch.Tensor, taps: dict[str, int]) -
     return out
 
 
-def _create_timm(name: str, weights: str | None) -> nn.Module:
+def _create_timm(name: str, weights: str | None, pretrained: bool) -> nn.Module:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise ModelError(f"unknown timm backbone '{name}'{hint}")
-    if weights is None:
-        return timm.create_model(name, features_only=True, pretrained=False)
-    path = Path(weights)
-    if not path.is_file():
-        raise ModelError(f"model.backbone_weights '{weights}' not found; give a local .safetensors/.pth file "
-                         "or null for random init")
-    try:
-        return timm.create_model(name, features_only=True, pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=str(path)))
-    except Exception as exc:  # a user file can fail to load in many ways (corrupt, foreign, mismatched)
-        raise ModelError(f"weights '{weights}' do not fit backbone '{name}': {first_line(exc)}") from exc
+    if pretrained:
+        return create_pretrained(name)
+    body = timm.create_model(name, features_only=True, pretrained=False)
+    if weights is not None:
+        load_backbone_weights(body, name, weights)
+    return body

@@ -106,7 +106,7 @@ class MultiTaskModel(nn.Module):
 def build_model(cfg: ModelConfig, classes: dict[str, list[str]]) -> MultiTaskModel:
     """Build the model for ``cfg.tasks``, shared as ``cfg.sharing`` says; ``classes[task]`` gives each
     head its output size. A neck builds only the levels its heads read."""
-    backbone = Backbone(cfg.backbone, cfg.backbone_weights)
+    backbone = Backbone(cfg.backbone, cfg.backbone_weights, cfg.pretrained)
     task_cfgs = {task: getattr(cfg, task) for task in cfg.tasks}
     if cfg.sharing == "branch":
         backbone = BranchedBackbone(backbone, cfg.branch_stage, cfg.tasks)
