@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_tool
+from conftest import REPO_ROOT, one_line, run_tool
 
 # Runs ``tools/train.py`` after arranging a signal (KILL_SIGNAL) one optimiser step after the
 # checkpoint at (epoch, batch) = KILL_AT has been written; with KILL_FILE set it writes that file
@@ -137,6 +137,35 @@ def test_resume_without_a_complete_checkpoint_says_what_to_do(tmp_path, make_con
     line = proc.stderr.strip()
     assert "\n" not in line and "no complete checkpoint" in line and f"--config {run_dir / 'config.yaml'}" in line
     assert not stale.exists()
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("target, overrides", [("", []), ("last.pt", ["train.epochs=1"])],
+                         ids=["folder-same-epochs", "last.pt-fewer-epochs"])
+def test_resuming_a_finished_run_trains_nothing_and_says_so(target, overrides, trained_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    before = _files(run_dir)
+    proc = run_tool("train.py", "--resume", str(run_dir / target), *overrides)
+    assert proc.returncode == 0, proc.stderr  # a requeued job that resumes a finished run is not a failure
+    epochs = overrides[0].split("=")[1] if overrides else "2"
+    assert (f"{run_dir} already finished 2 epochs (train.epochs={epochs}); nothing to train: raise train.epochs "
+            "above 2 to train more") in proc.stderr
+    assert _files(run_dir) == before  # nothing written, not even config.yaml
+
+
+def test_resume_of_a_file_other_than_last_pt_says_what_it_takes(trained_run):
+    before = _files(trained_run)
+    proc = run_tool("train.py", "--resume", str(trained_run / "best.pt"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr)
+    assert "pass the run folder tools/train.py printed (or its last.pt)" in proc.stderr
+    assert _files(trained_run) == before
 
 
 def test_resume_applies_more_epochs_and_refuses_other_changes(trained_run, tmp_path):
