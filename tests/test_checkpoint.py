@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 
-from conftest import SHAPES_CLASSES, one_line
+from conftest import SHAPES_CLASSES, one_line, run_tool
 from vision_mtl.engine.checkpoint import (checkpoint_config, load_checkpoint, load_model, load_weights,
                                           save_checkpoint)
 from vision_mtl.engine.runners import load_torch_runner
@@ -82,8 +85,33 @@ def test_arbitrary_pickles_are_refused(tmp_path, capsys):
     torch.save({"model": {}, "config": {}, "classes": {}, "x": _Evil()}, path, pickle_module=pickle)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert one_line(info.value)
+    assert one_line(info.value) and "weights_only" not in str(info.value)  # never torch's advice to load unsafely
     assert "unpickled!" not in capsys.readouterr().out
+
+
+def write_onnx_graph(path: Path) -> Path:
+    """A valid one-node ONNX graph at ``path``, whatever its suffix."""
+    x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in "xy")
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])),
+              str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "renamed.pt"])
+def test_an_onnx_graph_is_named_as_such_by_suffix_or_content(name, tmp_path):
+    path = write_onnx_graph(tmp_path / name)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint '{path}' is an ONNX graph, not a checkpoint; pass a checkpoint (.pt) "
+                               "written by tools/train.py")
+
+
+def test_evaluate_with_an_onnx_graph_named_pt_is_one_line(tmp_path):
+    path = write_onnx_graph(tmp_path / "model.pt")  # .pt: the tool takes it for a checkpoint
+    proc = run_tool("evaluate.py", "--weights", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert one_line(proc.stderr) and "is an ONNX graph, not a checkpoint" in proc.stderr
+    assert "weights_only" not in proc.stderr
 
 
 def test_checkpoint_with_unreadable_config(best, tmp_path):

@@ -39,6 +39,21 @@ def test_delta_m_is_not_a_number_when_a_single_task_run_scored_zero():
     assert math.isnan(delta_m(_outcome(("detection",), {"detection/mAP": 0.1}), singles))
 
 
+@pytest.mark.parametrize("runs, message", [
+    (["--run", "seg2", "key", "train.epochs=1"],
+     "error: --run seg2: 'key' is not a key=value override; a --run takes its NAME, then key=value overrides up to "
+     "the next flag"),
+    (["--run", "seg2", "train.loss_weights.segmentation=2", "--run", "typo", "mtl.balanser=dwa"],
+     "error: compare: run typo: unknown config key 'mtl.balanser'"),
+], ids=["item-without-equals", "unknown-key-in-the-last-run"])
+def test_every_run_is_checked_before_any_trains(runs, message, tiny_overrides, tmp_path):
+    out = tmp_path / "cmp"
+    proc = run_tool("compare_mtl.py", *tiny_overrides, "train.epochs=1", "--out", str(out), *runs)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith(message) and "\n" not in proc.stderr.strip()
+    assert not out.exists()  # no run trained
+
+
 def test_compare_tool_writes_the_table_and_reuses_finished_runs(tiny_overrides, tmp_path):
     out = tmp_path / "cmp"
     common = ["--balancers", "uncertainty", "--run", "seg2", "train.loss_weights.segmentation=2",

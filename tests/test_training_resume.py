@@ -2,7 +2,9 @@
 
 The training process is killed by a wrapper around ``tools/train.py`` one optimiser step after
 it wrote the chosen checkpoint (so there is lost work to redo), from outside Python's control:
-``os.kill(os.getpid(), SIGKILL)`` leaves no chance to save or clean up.
+``os.kill(os.getpid(), SIGKILL)`` leaves no chance to save or clean up. SIGTERM also comes from
+outside to the whole process group, DataLoader worker included, as Slurm, Kubernetes and
+``docker stop`` send it (a worker signalled by its own parent exits quietly, so the test sends it).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_tool
+from conftest import REPO_ROOT, one_line, run_tool
 
 # Runs ``tools/train.py`` after arranging a signal (KILL_SIGNAL) one optimiser step after the
-# checkpoint at (epoch, batch) = KILL_AT has been written.
+# checkpoint at (epoch, batch) = KILL_AT has been written; with KILL_FILE set it writes that file
+# there instead and waits for the test to signal the process group.
 KILLER = """
 import os, runpy, signal, sys
 from vision_mtl.training.trainer import Trainer
@@ -37,7 +41,11 @@ def update(self):
     original_update(self)
     if written:
         written.clear()
-        os.kill(os.getpid(), getattr(signal, os.environ["KILL_SIGNAL"]))
+        if os.environ.get("KILL_FILE"):
+            open(os.environ["KILL_FILE"], "w").close()
+            signal.pause()
+        else:
+            os.kill(os.getpid(), getattr(signal, os.environ["KILL_SIGNAL"]))
 
 Trainer._save, Trainer.update = save, update
 sys.argv = [sys.argv[1], *sys.argv[2:]]
@@ -65,19 +73,36 @@ def uninterrupted(resume_overrides, tmp_path_factory) -> Path:
     return runs / "full"
 
 
-@pytest.mark.parametrize("kill_at, kill_signal, saved_at", [
-    ((0, 2), "SIGKILL", (0, 2)),  # the step after the checkpoint is lost with the process
-    ((1, 0), "SIGKILL", (1, 0)),
-    ((0, 2), "SIGTERM", (0, 3)),  # the step in flight finishes and is saved
-], ids=["sigkill-mid-epoch", "sigkill-end-of-epoch", "sigterm"])
-def test_stop_then_resume_gives_the_uninterrupted_weights(kill_at, kill_signal, saved_at, resume_overrides,
+def _train_and_signal(script: Path, args: list[str], env: dict[str, str], group_file: Path | None,
+                      timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``script`` with ``args`` in a process group of its own; once it writes ``group_file``
+    (when given), send SIGTERM to the whole group."""
+    with subprocess.Popen([sys.executable, str(script), *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        deadline = time.monotonic() + timeout
+        while group_file and not group_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if group_file and group_file.exists():
+            os.killpg(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("kill_at, kill_signal, group, saved_at", [
+    ((0, 2), "SIGKILL", False, (0, 2)),  # the step after the checkpoint is lost with the process
+    ((1, 0), "SIGKILL", False, (1, 0)),
+    ((0, 2), "SIGTERM", False, (0, 3)),  # the step in flight finishes and is saved
+    ((0, 2), "SIGTERM", True, (0, 3)),  # to the loader worker as well: preemption ends like Ctrl-C
+], ids=["sigkill-mid-epoch", "sigkill-end-of-epoch", "sigterm", "sigterm-process-group"])
+def test_stop_then_resume_gives_the_uninterrupted_weights(kill_at, kill_signal, group, saved_at, resume_overrides,
                                                           uninterrupted, tmp_path):
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
-    env = {**os.environ, "KILL_AT": f"{kill_at[0]},{kill_at[1]}", "KILL_SIGNAL": kill_signal, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(script), str(REPO_ROOT / "tools" / "train.py"), *resume_overrides,
-                           f"run.dir={tmp_path}", "run.name=cut"], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    group_file = tmp_path / "signal-the-group" if group else None
+    env = {**os.environ, "KILL_AT": f"{kill_at[0]},{kill_at[1]}", "KILL_SIGNAL": kill_signal, "OMP_NUM_THREADS": "1",
+           "KILL_FILE": str(group_file or "")}
+    proc = _train_and_signal(script, [str(REPO_ROOT / "tools" / "train.py"), *resume_overrides,
+                                      f"run.dir={tmp_path}", "run.name=cut"], env, group_file)
     run_dir = tmp_path / "cut"
     if kill_signal == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -112,6 +137,35 @@ def test_resume_without_a_complete_checkpoint_says_what_to_do(tmp_path, make_con
     line = proc.stderr.strip()
     assert "\n" not in line and "no complete checkpoint" in line and f"--config {run_dir / 'config.yaml'}" in line
     assert not stale.exists()
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("target, overrides", [("", []), ("last.pt", ["train.epochs=1"])],
+                         ids=["folder-same-epochs", "last.pt-fewer-epochs"])
+def test_resuming_a_finished_run_trains_nothing_and_says_so(target, overrides, trained_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    before = _files(run_dir)
+    proc = run_tool("train.py", "--resume", str(run_dir / target), *overrides)
+    assert proc.returncode == 0, proc.stderr  # a requeued job that resumes a finished run is not a failure
+    epochs = overrides[0].split("=")[1] if overrides else "2"
+    assert (f"{run_dir} already finished 2 epochs (train.epochs={epochs}); nothing to train: raise train.epochs "
+            "above 2 to train more") in proc.stderr
+    assert _files(run_dir) == before  # nothing written, not even config.yaml
+
+
+def test_resume_of_a_file_other_than_last_pt_says_what_it_takes(trained_run):
+    before = _files(trained_run)
+    proc = run_tool("train.py", "--resume", str(trained_run / "best.pt"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr)
+    assert "pass the run folder tools/train.py printed (or its last.pt)" in proc.stderr
+    assert _files(trained_run) == before
 
 
 def test_resume_applies_more_epochs_and_refuses_other_changes(trained_run, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import SHAPES_CLASSES, one_line
+from test_checkpoint import write_onnx_graph
 from vision_mtl.config import load_config
 from vision_mtl.engine.checkpoint import load_checkpoint, save_checkpoint
 from vision_mtl.errors import CheckpointError, ConfigError
@@ -103,6 +104,14 @@ def test_init_from_a_missing_file_is_the_checkpoint_error(make_config, tmp_path)
     with pytest.raises(CheckpointError, match="not found") as err:
         Trainer(make_config(f"model.init_from={tmp_path / 'nope.pt'}"))
     assert one_line(err.value)
+
+
+def test_init_from_an_onnx_graph_says_it_takes_a_checkpoint(make_config, tmp_path):
+    path = write_onnx_graph(tmp_path / "model.onnx")
+    with pytest.raises(CheckpointError) as err:
+        Trainer(make_config(f"model.init_from={path}"))
+    assert str(err.value) == (f"model.init_from '{path}' is an ONNX graph, not a checkpoint; pass a checkpoint (.pt) "
+                              "written by tools/train.py")
 
 
 def test_freezing_everything_loaded_with_no_new_head_is_a_one_line_error(make_config, det_seg_checkpoint):

@@ -4,7 +4,9 @@ the same budget, then write a table of every headline metric, Δm, parameters, t
     python tools/compare_mtl.py [--config FILE] [--balancers fixed uncertainty pcgrad] [--schemes hard neck]
                                 [--run NAME key=value ...] [--out runs/compare] [key=value ...]
 
-Overrides after the flags apply to every run (e.g. train.epochs=6). Each run trains into --out/NAME;
+Overrides after the flags apply to every run (e.g. train.epochs=6); a --run takes every key=value
+after its NAME up to the next flag, so put the overrides for every run before it or end it with a
+flag. Every run's config is checked before the first one trains. Each run trains into --out/NAME;
 a rerun reuses the runs that finished and resumes one that was stopped, so the comparison can be
 interrupted, and --only trains a part of them (in parallel processes, say). The tables go to
 --out/compare.md and --out/compare.csv.
@@ -16,7 +18,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from vision_mtl.benchmarks.compare_mtl import compare_table, measure_times, plan_variants, run_variant, write_tables
+from vision_mtl.benchmarks.compare_mtl import (check_variants, compare_table, measure_times, plan_variants, run_variant,
+                                               write_tables)
 from vision_mtl.config import load_config
 from vision_mtl.errors import ConfigError
 from vision_mtl.utils.cli import DEFAULT_CONFIG, int_flag, run_tool
@@ -31,7 +34,7 @@ def main() -> None:
     parser.add_argument("--schemes", nargs="+", default=["hard"],
                         help="model.sharing of further multi-task runs (with the first balancer)")
     parser.add_argument("--run", nargs="+", action="append", default=[], metavar="NAME key=value",
-                        help="a further multi-task run: its name, then its overrides")
+                        help="a further multi-task run: its name, then its overrides (up to the next flag)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="folder of the runs and tables")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="train only these runs and write no table (e.g. to train runs in parallel processes)")
@@ -44,9 +47,14 @@ def main() -> None:
     for run in args.run:
         if len(run) < 2 or "=" in run[0]:
             raise ConfigError(f"--run {' '.join(run)}: give a name, then at least one key=value override")
+        loose = [item for item in run[1:] if "=" not in item]
+        if loose:
+            raise ConfigError(f"--run {run[0]}: '{loose[0]}' is not a key=value override; a --run takes its NAME, "
+                              "then key=value overrides up to the next flag")
         extra[run[0]] = run[1:]
     cfg = load_config(args.config, args.overrides)  # fails early on a bad override
     variants = plan_variants(cfg.model.tasks, args.balancers, args.schemes, extra)
+    check_variants(args.config, args.overrides, variants, args.out)
     logger.info("compare: %d runs into %s: %s", len(variants), args.out, ", ".join(v.name for v in variants))
     if args.only:
         unknown = sorted(set(args.only) - {v.name for v in variants})

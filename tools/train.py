@@ -1,7 +1,7 @@
 """Train a multi-task model.
 
     python tools/train.py [--config FILE] [key=value ...]   # FILE: configs/shapes.yaml unless given
-    python tools/train.py --resume runs/shapes [train.epochs=20]   # continue a stopped run
+    python tools/train.py --resume runs/shapes [train.epochs=20]   # continue a stopped run (its folder or last.pt)
     (with data.test sources, best.pt is evaluated on them at the end: <run>/eval/best_test/metrics.json)
     torchrun --nproc_per_node 2 tools/train.py [...]                # DDP over 2 processes
 """
@@ -15,6 +15,7 @@ import sys
 from vision_mtl.config import load_config
 from vision_mtl.errors import ConfigError
 from vision_mtl.evaluation.saved import default_eval_folder, evaluate_weights, save_evaluation
+from vision_mtl.training.state import epochs_left, resume_point
 from vision_mtl.training.trainer import Trainer
 from vision_mtl.utils.cli import DEFAULT_CONFIG, run_tool
 
@@ -25,14 +26,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config",
                         help="YAML config over the schema defaults (default: configs/shapes.yaml, the built-in shapes run)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last.pt")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in this folder from its last.pt (the folder or that file)")
     parser.add_argument("overrides", nargs="*", help="config overrides such as train.epochs=5")
     args = parser.parse_intermixed_args()
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config; drop --config (settings that may "
                               "change, such as train.epochs=N, go as overrides)")
-        trainer = Trainer.resume(args.resume, args.overrides)
+        run_dir, state, cfg = resume_point(args.resume, args.overrides)
+        if epochs_left(state, cfg) <= 0:  # nothing to do is not an error: a requeued job may resume a finished run
+            logger.info("%s already finished %d epochs (train.epochs=%d); nothing to train: raise train.epochs above "
+                        "%d to train more", run_dir, state["epoch"], cfg.train.epochs, state["epoch"])
+            return
+        trainer = Trainer(cfg, resume=state, run_dir=run_dir)
     else:
         trainer = Trainer(load_config(args.config or DEFAULT_CONFIG, args.overrides))
     metrics = trainer.fit()

@@ -30,7 +30,7 @@ from vision_mtl.benchmarks.engine import trainer_step
 from vision_mtl.utils.timing import interleaved_timings
 from vision_mtl.config import TASKS, Config, config_from_dict, config_to_dict, flat_keys, load_config
 from vision_mtl.engine.checkpoint import load_model
-from vision_mtl.errors import ConfigError
+from vision_mtl.errors import ConfigError, first_line
 from vision_mtl.training.trainer import Trainer
 from vision_mtl.utils.atomic import atomic_open, write_atomic
 from vision_mtl.utils.metrics_log import MetricsLog, write_json
@@ -92,6 +92,17 @@ def plan_variants(tasks: Sequence[str], balancers: Sequence[str], schemes: Seque
 def variant_config(config: str | Path, overrides: Sequence[str], variant: Variant, out: Path) -> Config:
     """The run's config: the shared config and overrides, then the variant's, into ``out/name``."""
     return load_config(config, [*overrides, *variant.overrides, f"run.dir={out}", f"run.name={variant.name}"])
+
+
+def check_variants(config: str | Path, overrides: Sequence[str], variants: Sequence[Variant], out: Path) -> None:
+    """Before any run trains: every run's config loads (a malformed or unknown key in one run's
+    overrides is one line naming the run) and matches the finished or stopped run it would reuse."""
+    for variant in variants:
+        try:
+            cfg = variant_config(config, overrides, variant, out)
+        except ConfigError as exc:
+            raise ConfigError(f"compare: run {variant.name}: {first_line(exc)}") from exc
+        _check_same_settings(cfg, out / variant.name)
 
 
 def run_variant(config: str | Path, overrides: Sequence[str], variant: Variant, out: Path) -> Outcome:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -100,6 +103,24 @@ def make_loader(cfg: Config, split: Split, classes: dict[str, list[str]], train:
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
         collate_fn=collate_fn,
+        worker_init_fn=leave_stop_signals_to_main,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds: never from the global RNG
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C and a SIGTERM sent to the whole process group (as Slurm,
+    Kubernetes and ``docker stop`` preempt a job) are for the main process, which finishes its step,
+    saves and stops; a worker they killed would end the run with a RuntimeError instead. A SIGTERM
+    from the main process itself (how it ends its workers at exit) still ends the worker, as in torch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # not on macOS or Windows: there the worker keeps torch's handling
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)

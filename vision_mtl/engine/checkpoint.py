@@ -13,6 +13,7 @@ from vision_mtl.models import MultiTaskModel, build_model
 from vision_mtl.utils.atomic import atomic_open
 
 REQUIRED_KEYS = ("model", "config", "classes")
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; its older pickle format
 
 
 def save_checkpoint(path: str | Path, model: MultiTaskModel, cfg: Config, classes: dict[str, list[str]],
@@ -24,21 +25,39 @@ def save_checkpoint(path: str | Path, model: MultiTaskModel, cfg: Config, classe
         torch.save(state, f)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a vision_mtl checkpoint without unpickling arbitrary objects."""
+def load_checkpoint(path: str | Path, role: str = "checkpoint") -> dict[str, Any]:
+    """Read a vision_mtl checkpoint without unpickling arbitrary objects; ``role`` names what the
+    user passed it as (``model.init_from``) in the one-line errors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' not found; pass a .pt written by tools/train.py")
+        raise CheckpointError(f"{role} '{path}' not found; pass a .pt written by tools/train.py")
+    with path.open("rb") as fh:
+        start = fh.read(4)
+    if not start.startswith(TORCH_FILE_STARTS):
+        raise CheckpointError(f"{role} '{path}' is {_file_kind(path, start)}; pass a checkpoint (.pt) written by "
+                              "tools/train.py")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint '{path}' ({first_line(exc)}); is it a .pt from tools/train.py?") from exc
+        # never pass on torch's advice to load with weights_only=False: that runs whatever the file holds
+        reason = ("it holds Python objects besides tensors and plain data, which are never unpickled"
+                  if "weights only load failed" in str(exc).lower() else first_line(exc))
+        raise CheckpointError(f"cannot read {role} '{path}' ({reason}); is it a .pt from tools/train.py?") from exc
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"'{path}' is not a vision_mtl checkpoint (needs keys {', '.join(REQUIRED_KEYS)})")
     problem = _content_problem(state)
     if problem:
         raise CheckpointError(f"'{path}' is damaged or not from tools/train.py: {problem}")
     return state
+
+
+def _file_kind(path: Path, start: bytes) -> str:
+    """What a file that torch.save did not write seems to be, from its suffix and first bytes."""
+    if not start:
+        return "empty"
+    if path.suffix.lower() == ".onnx" or start[:1] == b"\x08":  # ModelProto's first field: ir_version
+        return "an ONNX graph, not a checkpoint"
+    return "not a PyTorch checkpoint"
 
 
 def _content_problem(state: dict[str, Any]) -> str | None:

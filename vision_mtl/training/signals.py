@@ -1,7 +1,9 @@
 """SIGINT and SIGTERM during training: finish the current step, save, then stop cleanly.
 
 A second Ctrl-C while the save is under way is ignored rather than leaving the run without a
-checkpoint; the checkpoint write itself is atomic either way.
+checkpoint; the checkpoint write itself is atomic either way. DataLoader workers leave both signals
+to the main process (``data/loader.py``), so a SIGTERM to the whole process group (Slurm,
+Kubernetes) ends the run the same way instead of killing a worker under it.
 """
 
 from __future__ import annotations

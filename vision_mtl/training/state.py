@@ -77,6 +77,19 @@ def _tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run folder ``--resume`` names: the folder itself, or its ``last.pt``; any other file is
+    refused with one line."""
+    path = Path(path)
+    if path.name == "last.pt" and not path.is_dir():
+        return path.parent
+    if path.is_file():
+        raise CheckpointError(f"--resume '{path}' is a file, not a run; pass the run folder tools/train.py printed "
+                              f"(or its last.pt); to start a new run from a checkpoint's weights use "
+                              f"model.init_from={path}")
+    return path
+
+
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """The resumable ``last.pt`` of ``run_dir``, with a one-line error saying what to do when the
     run has none (it stopped before its first checkpoint) or it is not resumable."""
@@ -95,6 +108,21 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"'{last}' holds no training state (written by an older version or not a "
                               "last.pt); start a new run, or use it with model.init_from")
     return state
+
+
+def resume_point(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Path, dict[str, Any], Config]:
+    """What ``--resume path`` continues: the run folder, its ``last.pt`` state and the config with
+    ``overrides`` (see :func:`run_folder`, :func:`load_run`, :func:`resumed_config`)."""
+    run_dir = run_folder(path)
+    state = load_run(run_dir)
+    return run_dir, state, resumed_config(state, run_dir / "last.pt", overrides)
+
+
+def epochs_left(state: dict[str, Any], cfg: Config) -> int:
+    """Epochs a resumed run still has to train (0 or fewer: it has finished): ``train.epochs`` of
+    ``cfg``, or under a time budget the count fitted to it, less the epochs done."""
+    position = state["training"]["position"]
+    return (position["epochs"] if cfg.train.max_minutes else cfg.train.epochs) - position["epoch"]
 
 
 def resumed_config(state: dict[str, Any], path: str | Path, overrides: list[str] | tuple[str, ...]) -> Config:

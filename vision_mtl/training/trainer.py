@@ -42,7 +42,7 @@ from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_sche
 from vision_mtl.training.precision import Precision
 from vision_mtl.training.signals import StopSignals
 from vision_mtl.training.stopping import StopRules
-from vision_mtl.training.state import Position, load_run, resumed_config, rng_state, set_rng_state
+from vision_mtl.training.state import Position, resume_point, rng_state, set_rng_state
 from vision_mtl.utils.distributed import Processes
 from vision_mtl.utils.metrics_log import write_json
 from vision_mtl.utils.progress import progress
@@ -127,11 +127,12 @@ class Trainer:
             self._restore(resume)
 
     @classmethod
-    def resume(cls, run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Trainer:
-        """Continue the run in ``run_dir`` from its ``last.pt``; ``overrides`` may change only what
-        keeps it the same run (more epochs, another device, ...; see ``state.RESUMABLE_OVERRIDES``)."""
-        state = load_run(run_dir)
-        return cls(resumed_config(state, Path(run_dir) / "last.pt", overrides), resume=state, run_dir=Path(run_dir))
+    def resume(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Trainer:
+        """Continue the run in folder ``path`` (or whose ``last.pt`` it is) from its ``last.pt``; ``overrides``
+        may change only what keeps it the same run (more epochs, another device, ...; see
+        ``state.RESUMABLE_OVERRIDES``)."""
+        run_dir, state, cfg = resume_point(path, overrides)
+        return cls(cfg, resume=state, run_dir=run_dir)
 
     @property
     def deployable(self) -> torch.nn.Module:

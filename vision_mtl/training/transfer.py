@@ -56,7 +56,7 @@ def init_from_checkpoint(model: MultiTaskModel, path: str | Path, parts: Sequenc
                          classes: dict[str, list[str]]) -> LoadReport:
     """Load the ``parts`` of ``model`` from the checkpoint at ``path``; ``classes`` are the model's
     class names by task (a head is loaded only when the checkpoint's match)."""
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, role="model.init_from")
     theirs: dict[str, torch.Tensor] = state["model"]
     own = model.state_dict()
     sharing = state["config"].get("model", {}).get("sharing", "hard")
