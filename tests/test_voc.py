@@ -172,6 +172,41 @@ def test_split_file_and_fraction(voc_root):
     assert keys([0, 0.6]) == head and keys([0, 0.6], seed=1) != head  # deterministic, and the seed matters
 
 
+def test_fraction_of_a_split_file_reads_and_reports_only_its_share(voc_root):
+    """With split_file, the fraction picks ids before reading: the two shares of one list are
+    complementary, and a problem (c has no XML) is reported by the share holding c, never by both."""
+    (voc_root / "trainval.txt").write_text("a\nb\nc\nd\n")
+    splits = [read_split(config(voc_root, {**VOC, "split_file": "trainval.txt", "fraction": f}), "train")
+              for f in ([0, 0.5], [0.5, 1])]
+    keys = [sorted(r.key for r in split.sources[0].records) for split in splits]
+    assert len(keys[0]) == len(keys[1]) == 2 and sorted(keys[0] + keys[1]) == ["a.png", "b.png", "c.png", "d.png"]
+    missing = [split.problems.counts().get(kinds.MISSING_LABELS, 0) for split in splits]
+    assert missing == [int("c.png" in k) for k in keys]
+
+
+def test_voc_without_annotations_labels_no_detection(voc_root):
+    source = {"format": "voc", "images": "JPEGImages", "masks": "SegmentationClass",
+              "class_map": {0: "background", 1: "cat"}}
+    split = read_split(config(voc_root, source, tasks="segmentation"), "train")
+    assert split.sources[0].provides == {"segmentation"} and len(split.sources[0].records) == 5
+    assert split.problems.counts() == {}  # no XML is looked for, so none is missing
+
+
+def test_train_fraction_takes_nested_subsets_of_training_only(voc_root):
+    def keys(fraction: float, split: str = "train") -> set[str]:
+        cfg = load_config(None, [f"data.synthetic=null", f"data.root={voc_root}", "model.tasks=[segmentation]",
+                                 "data.train=[{format: masks, images: JPEGImages, masks: SegmentationClass}]",
+                                 "data.val=[{format: masks, images: JPEGImages, masks: SegmentationClass}]",
+                                 "data.seg_classes=[background, cat]", f"data.train_fraction={fraction}"])
+        return {r.key for r in read_split(cfg, split).sources[0].records}
+
+    small, half, full = keys(0.2), keys(0.6), keys(1.0)
+    assert len(small) == 1 and len(half) == 3 and len(full) == 5 and small <= half <= full
+    assert len(keys(0.2, "val")) == 5
+    with pytest.raises(ConfigError, match="data.train_fraction"):
+        keys(0)
+
+
 def test_fraction_is_the_same_for_any_listing_order(voc_root):
     split = read_split(config(voc_root, VOC), "train")
     index = split.sources[0]

@@ -118,8 +118,8 @@ class SourceConfig:
     classes from a ``labels`` CSV / ``label_field``; yolo: ``annotations`` = its data.yaml, ``split``
     = the data.yaml key (default: the split being built); imagefolder: ``images`` with one
     sub-folder per class; csv: ``images`` + ``labels``; masks: ``images`` + ``masks``; voc: ``images`` +
-    ``annotations`` (a folder of Pascal VOC XML files; ``difficult`` objects are ignored in evaluation) with
-    optional ``masks`` (e.g. ``SegmentationClass``).
+    ``annotations`` (a folder of Pascal VOC XML files; ``difficult`` objects are ignored in evaluation;
+    without it, no detection) and optional ``masks`` (e.g. ``SegmentationClass``).
     Any format: ``split_file`` is a text file of image ids (file names without extension, first word of
     each line, ``#`` comments; e.g. ``ImageSets/Main/train.txt``): only those images are read.
     ``fraction`` [start, end] keeps that share of the source's images after a shuffle seeded by
@@ -163,7 +163,7 @@ SOURCE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "files": (("images",), ("annotations", "masks", "labels", *_CSV_COLUMNS)),
     "coco": (("images", "annotations"), ("labels", "label_field", *_CSV_COLUMNS)),
     "yolo": (("annotations",), ("split",)),
-    "voc": (("images", "annotations"), ("masks",)),
+    "voc": (("images",), ("annotations", "masks")),
     "imagefolder": (("images",), ()),
     "csv": (("images", "labels"), _CSV_COLUMNS),
     "masks": (("images", "masks"), ()),
@@ -183,6 +183,8 @@ class DataConfig:
     workers hand over the bytes; the batch is decoded and letterboxed on the training device, nvJPEG on
     CUDA; ``data/augment/decode.py``), ``auto`` (device on CUDA with the device augmentation backend,
     else cpu). Validation always decodes in the workers.
+    ``train_fraction``: train on that share of each training source's images (a seeded, nested subset:
+    the label-scarcity studies of ``tools/compare_mtl.py``).
     ``test``: held-out sources evaluated once at the end of training and by ``tools/evaluate.py --split
     test`` (empty: none).
     """
@@ -194,6 +196,7 @@ class DataConfig:
     train: list[SourceConfig] = field(default_factory=lambda: _shapes_split("train"))
     val: list[SourceConfig] = field(default_factory=lambda: _shapes_split("val"))
     test: list[SourceConfig] = field(default_factory=list)
+    train_fraction: float = 1.0
     image_size: int = 128
     seg_classes: list[str] | None = None
     num_workers: int = 1
@@ -471,6 +474,8 @@ def validate(cfg: Config) -> None:
         _validate_sources(getattr(cfg.data, split), f"data.{split}")
     if cfg.data.test:
         _validate_sources(cfg.data.test, "data.test")
+    if not 0 < cfg.data.train_fraction <= 1:
+        raise ConfigError(f"data.train_fraction={cfg.data.train_fraction} must be in (0, 1]; 1 trains on every image")
 
 
 def _validate_sharing(model: ModelConfig) -> None:

@@ -10,7 +10,7 @@ from vision_mtl.config import Config, SourceConfig
 from vision_mtl.data.readers import coco, files, imagefolder, label_csv, masks, voc, yolo
 from vision_mtl.data.problems import ProblemLog
 from vision_mtl.data.readers.context import ReadContext
-from vision_mtl.data.readers.lists import add_image_labels, select, split_ids
+from vision_mtl.data.readers.lists import add_image_labels, select, split_ids, take_fraction
 from vision_mtl.data.records import SourceIndex
 from vision_mtl.errors import DataError
 
@@ -35,13 +35,18 @@ class Split:
 
 
 def read_split(cfg: Config, split: str) -> Split:
-    """Read every source listed under ``data.<split>``; paths resolve under ``data.root``."""
+    """Read every source listed under ``data.<split>``; paths resolve under ``data.root``. Training keeps
+    ``data.train_fraction`` of each source's images (nested: a smaller fraction is a subset of a larger one)."""
     problems = ProblemLog()
     sources = []
     for i, source in enumerate(getattr(cfg.data, split)):
         ctx = ReadContext(Path(cfg.data.root), split, f"data.{split}[{i}] ({source.format})", cfg.model.tasks,
                           cfg.model.classification.multi_label, cfg.data.seg_classes, problems)
-        sources.append(read_source(source, ctx))
+        index = read_source(source, ctx)
+        if split == "train" and cfg.data.train_fraction < 1:
+            index.records = take_fraction(sorted(index.records, key=lambda r: r.key), [0, cfg.data.train_fraction],
+                                          source.fraction_seed)
+        sources.append(index)
     return Split(f"data.{split}", sources, problems)
 
 

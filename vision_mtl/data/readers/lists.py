@@ -26,25 +26,32 @@ def read_word_lines(path: Path) -> list[list[str]]:
 
 
 def split_ids(cfg: SourceConfig, ctx: ReadContext) -> set[str] | None:
-    """The image ids of the source's ``split_file`` (the first word of each line), or None without one."""
+    """The image ids of the source's ``split_file`` (the first word of each line), or None without one.
+    With a ``fraction`` too, only that share of the ids: the reader then never reads, nor reports
+    problems of, the images the fraction leaves to another split."""
     if not cfg.split_file:
         return None
-    return {words[0] for words in read_word_lines(ctx.file(cfg.split_file, "split_file"))}
+    ids = sorted({words[0] for words in read_word_lines(ctx.file(cfg.split_file, "split_file"))})
+    return set(take_fraction(ids, cfg.fraction, cfg.fraction_seed) if cfg.fraction is not None else ids)
+
+
+def take_fraction(items: list, fraction: list[float], seed: int) -> list:
+    """``[start, end)`` of ``items`` (given sorted) after a shuffle seeded by ``seed``, in their order;
+    with one seed, [0, a] lies inside [0, b] for a < b (nested training subsets)."""
+    shuffled = np.random.default_rng(seed).permutation(len(items))
+    start, end = (round(f * len(items)) for f in fraction)
+    return [items[i] for i in sorted(shuffled[start:end])]
 
 
 def select(index: SourceIndex, cfg: SourceConfig, ctx: ReadContext) -> None:
-    """Keep the records ``ctx.only`` lists (the ids not found are one count against the split file),
-    then the ``fraction`` of them: ``[start, end)`` of the keys, sorted then shuffled with ``fraction_seed``."""
+    """Keep the records ``ctx.only`` lists (the ids not found are one count against the split file;
+    the fraction is already applied to those ids), or else the ``fraction`` of the records, by key."""
     if ctx.only is not None:
         index.records = [r for r in index.records if ctx.wanted(r.key)]
         found = {i for r in index.records for i in image_ids(r.key)}
         ctx.problems.add(ctx.path(cfg.split_file), kinds.MISSING_IMAGE, len(ctx.only - found))
-    if cfg.fraction is not None:
-        order = sorted(range(len(index.records)), key=lambda i: index.records[i].key)
-        shuffled = np.random.default_rng(cfg.fraction_seed).permutation(len(order))
-        start, end = (round(f * len(order)) for f in cfg.fraction)
-        kept = sorted(order[i] for i in shuffled[start:end])
-        index.records = [index.records[i] for i in kept]
+    elif cfg.fraction is not None:
+        index.records = take_fraction(sorted(index.records, key=lambda r: r.key), cfg.fraction, cfg.fraction_seed)
 
 
 def add_image_labels(index: SourceIndex, cfg: SourceConfig, ctx: ReadContext) -> None:

@@ -87,14 +87,14 @@ def voc_instances(objects: list[VocObject], size: tuple[int, int], class_index: 
     return Instances.build(boxes, labels, crowd, areas, [None] * len(boxes))
 
 
-def read_voc(images_dir: Path, paths: list[Path], xml_dir: Path, problems: ProblemLog,
+def read_voc(images_dir: Path, paths: list[Path], xml_dir: Path | None, problems: ProblemLog,
              classes: list[str] | None = None) -> tuple[list[Record], list[str]]:
     """The images ``paths`` (under ``images_dir``) with the boxes of their XML files, and the detection
     classes (``classes``, else the object names found, sorted). Images without an XML are unlabelled
     for detection (counted in one line against the folder); unreadable XMLs are reported, skipped."""
     parsed: dict[int, tuple[tuple[int, int] | None, list[VocObject]]] = {}
     missing = 0
-    for i, path in enumerate(paths):
+    for i, path in enumerate(paths if xml_dir is not None else ()):
         xml = (xml_dir / path.relative_to(images_dir)).with_suffix(".xml")
         if not xml.is_file():
             missing += 1
@@ -102,7 +102,8 @@ def read_voc(images_dir: Path, paths: list[Path], xml_dir: Path, problems: Probl
         result = parse_voc_xml(xml, problems)
         if result is not None:
             parsed[i] = result
-    problems.add(xml_dir, kinds.MISSING_LABELS, missing)
+    if missing:
+        problems.add(xml_dir, kinds.MISSING_LABELS, missing)
     names = list(classes) if classes else sorted({o.name for _, objects in parsed.values() for o in objects})
     class_index = {name: i for i, name in enumerate(names)}
     records = []
@@ -123,15 +124,16 @@ def read_voc(images_dir: Path, paths: list[Path], xml_dir: Path, problems: Probl
 
 
 def read(cfg: SourceConfig, ctx: ReadContext) -> SourceIndex:
-    """Format ``voc``: boxes from ``annotations`` (XML), masks from the optional ``masks`` folder."""
+    """Format ``voc``: boxes from the optional ``annotations`` (XML), masks from the optional ``masks``
+    folder (without annotations the source labels no detection: a test split without boxes, say)."""
     images_dir = ctx.folder(cfg.images, "images")
-    xml_dir = ctx.folder(cfg.annotations, "annotations")
+    xml_dir = ctx.folder(cfg.annotations, "annotations") if cfg.annotations else None
     masks_dir = ctx.folder(cfg.masks, "masks") if cfg.masks else None
     records, names = read_voc(images_dir, ctx.images(images_dir), xml_dir, ctx.problems, cfg.classes)
     if not records:
         raise DataError(f"{ctx.name}: no images found in '{images_dir}'" +
                         (f" among the ids of split_file '{cfg.split_file}'" if cfg.split_file else ""))
-    provides, classes, table = {"detection"}, {"detection": names}, None
+    provides, classes, table = ({"detection"} if xml_dir else set()), {"detection": names}, None
     if masks_dir is not None:
         provides.add("segmentation")
         for record in records:
