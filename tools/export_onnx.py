@@ -20,9 +20,10 @@ existing file only with --force (never the checkpoint itself).
 (QDQ, per-channel 7-bit int8 weights, so it answers the same on every x86 CPU, VNNI or not; only the
 Conv/MatMul/Gemm ops, so NMS, top-k and argmax stay float32), calibrated on the first
 --calib-images readable images (default 64; an unreadable file is skipped with a warning) of
---calib DIR, else of the config's val split. Quantisation moves scores on purpose, so instead of failing the tool reports how the
-int8 graph differs from the float32 one on the check images, and the change of each val-split
-metric (tools/evaluate.py on either file; skipped with a warning where the val split is unreadable).
+--calib DIR, else of the config's val split. Quantisation moves scores on purpose, so instead of
+failing the tool reports how the int8 graph differs from the float32 one on the check images, and
+the change of each val-split metric (tools/evaluate.py on either file; skipped with a warning where
+the val split is unreadable).
 metadata_props "precision" says int8 (float32, float16 otherwise), "vision_mtl.int8" the weight range.
 """
 

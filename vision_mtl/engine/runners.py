@@ -93,8 +93,8 @@ class OnnxRunner:
         self.info = ModelInfo.from_metadata(meta, str(path))
         self.precision = meta.get("precision", "float32")  # float32, float16 or int8: fixed at export
         if self.precision == "int8" and meta.get(INT8_KEY) != PORTABLE_INT8 and not runtime.cpu_has_vnni():
-            logger.warning("'%s' has full 8-bit int8 weights, whose sums saturate on this CPU without VNNI "
-                           "(scores and boxes may be wrong); re-export it with tools/export_onnx.py --int8", path)
+            logger.warning("'%s' has full 8-bit int8 weights, whose sums may saturate on this CPU without VNNI "
+                           "(scores and boxes then go wrong); re-export it with tools/export_onnx.py --int8", path)
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32

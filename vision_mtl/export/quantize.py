@@ -5,8 +5,9 @@ The weights keep 7 bits (``reduce_range``) so the graph answers the same on ever
 VNNI, onnxruntime's u8 x s8 kernels (AVX2 ``vpmaddubsw``) add two u8 x s8 products into a
 saturating int16; with weights in [-64, 64] that sum stays within 2 * 255 * 64 = 32640 <= 32767,
 while full 8-bit weights reach 2 * 255 * 127 = 64770 and can saturate (issue 19: an AVX2-only EPYC
-found 0.374 of the float32 detections again with full-range weights). On this project's VNNI CPU 7-bit weights cost
-neither time nor accuracy (docs/benchmarks.md), so no full-range variant is offered.
+found 0.374 of the float32 detections again with full-range weights). On this project's VNNI CPU
+7-bit weights cost no time and agreed with float32 about as well as 8-bit ones (docs/benchmarks.md),
+so no full-range variant is offered.
 
 Only the network's matrix ops (:data:`QUANTIZED_OPS`) are quantised: NMS, top-k, the box decoding
 and the segmentation argmax keep their float32 inputs, so they select exactly as in the float
@@ -85,8 +86,8 @@ def quantize_int8(fp32: str | Path, out: str | Path, batches: list[torch.Tensor]
     """Write ``fp32``'s graph quantised to int8 (QDQ, per-channel 7-bit int8 weights, uint8
     activations, MinMax calibration on ``batches``) to ``out``; the metadata is kept, ``precision``
     says ``int8`` and ``vision_mtl.int8`` the portable weight range. uint8 x int8 is onnxruntime's
-    fast CPU path: int8 activations ran 0.87x float32, uint8 0.5x, uint8 weights (U8U8, the other
-    portable choice) 1.1x (docs/benchmarks.md)."""
+    fast CPU path: int8 activations ran 0.87x float32, uint8 0.5x; uint8 weights (U8U8, the other
+    portable choice) 0.75-1.13x where 7-bit int8 weights ran 0.42-0.84x (docs/benchmarks.md)."""
     out = Path(out)
     quant_log = logging.getLogger()  # the quantiser warns on the root logger about biases and pre-processing
     level = quant_log.level

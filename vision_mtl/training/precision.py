@@ -86,8 +86,8 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if mode == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device (fp16 on CPU is slow and needs loss scaling); "
-                          + ("use bf16 or off" if runtime.cpu_has_bf16() else "use off (this CPU has no native bf16)"))
+        fix = "use bf16 or off" if runtime.cpu_has_bf16() else "use off (this CPU has no native bf16)"
+        raise ConfigError(f"train.amp=fp16 needs a CUDA device (fp16 on CPU is slow and needs loss scaling); {fix}")
     if mode == "bf16":
         return torch.bfloat16 if runtime.resolve_precision("bf16", device, key="train.amp") == "bf16" else None
     return torch.float16
