@@ -13,6 +13,7 @@ from vision_mtl.errors import ConfigError
 from vision_mtl.mtl import BALANCERS, build_balancer
 from vision_mtl.training.precision import Precision
 from vision_mtl.training.trainer import Trainer
+from vision_mtl.utils import runtime
 
 TASKS = ["classification", "detection", "segmentation"]
 
@@ -198,7 +199,7 @@ def test_each_balancer_trains_logs_its_weights_and_survives_a_resume(name, make_
         Trainer.resume(trainer.run_dir, ["mtl.balancer=" + ("fixed" if name != "fixed" else "rlw")])
 
 
-def test_gradnorm_trains_with_accumulation_and_reads_bf16_features(make_config):
+def test_gradnorm_trains_with_accumulation_and_reads_bf16_features(make_config, monkeypatch):
     trainer = Trainer(make_config("mtl.balancer=gradnorm", "train.accumulate=2", "train.epochs=1",
                                   "train.max_steps_per_epoch=4", "train.plots=false", "train.ema_decay=0"))
     trainer.fit()
@@ -206,7 +207,9 @@ def test_gradnorm_trains_with_accumulation_and_reads_bf16_features(make_config):
     assert trainer.position.updates == 2 and all(math.isfinite(w) and w > 0 for w in weights.values())
     assert sum(weights.values()) == pytest.approx(3.0) and (trainer.balancer.logits != 0).all()
     # bf16 (a full bf16 CPU run skips steps for the pyramid's P7 gradient, with any balancer: precision.py)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # bf16 on every CPU (emulated where not native)
     trainer.precision = Precision("bf16", trainer.device)
+    assert trainer.precision.name == "bf16"
     trainer.run_step(next(iter(trainer.data.train)))
     grad = trainer.balancer.logits.grad
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0

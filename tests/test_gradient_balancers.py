@@ -16,6 +16,7 @@ from vision_mtl.config import load_config
 from vision_mtl.errors import ConfigError
 from vision_mtl.mtl import GRADIENT_BALANCERS, build_balancer, independent
 from vision_mtl.training.trainer import Trainer
+from vision_mtl.utils import runtime
 from vision_mtl.utils.distributed import Processes
 
 TASKS = ["classification", "detection"]
@@ -131,8 +132,10 @@ def test_each_gradient_balancer_trains_the_model_and_skips_a_missing_task(name, 
     assert weights["detection"] == 0 and weights["classification"] > 0
 
 
-def test_bf16_autocast_trains_with_a_gradient_balancer(make_config):
+def test_bf16_autocast_trains_with_a_gradient_balancer(make_config, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)  # bf16 on every CPU (emulated where not native)
     trainer = Trainer(make_config("mtl.balancer=upgrad", "train.amp=bf16", "train.plots=false", "train.ema_decay=0"))
+    assert trainer.precision.name == "bf16"
     trainer.run_step(next(iter(trainer.data.train)))
     assert all(p.grad is not None for p in trainer.model.neck.parameters())
     assert all(p.grad is not None for part in trainer.model.heads.values() for p in part.parameters())

@@ -1,10 +1,14 @@
 """CPU inference precision (issue 14): the INT8 ONNX export (static QDQ quantisation of the network,
 NMS/top-k/argmax left in float32) against the float32 graph, and bf16 autocast for checkpoints,
-chosen by what the CPU computes natively."""
+chosen by what the CPU computes natively. Every test holds on any x86 CPU (issue 19): the int8
+graph's 7-bit weights make its integer sums exact with or without VNNI, and the CPU-feature
+branches are tested with the feature reader monkeypatched."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import logging
 
 import numpy as np
 import onnx
@@ -15,13 +19,13 @@ from conftest import SHAPES_CLASSES, one_line, run_tool
 from test_export import tiny
 from vision_mtl.config import TASKS, config_from_dict
 from vision_mtl.data.loader import build_data
-from vision_mtl.engine.runners import OnnxRunner, TorchRunner
+from vision_mtl.engine.runners import INT8_KEY, PORTABLE_INT8, OnnxRunner, TorchRunner
 from vision_mtl.export.onnx import export_checkpoint
 from vision_mtl.errors import ConfigError
 from vision_mtl.export.quantize import calibration_batches, compare_int8
 from vision_mtl.inference.predictor import Predictor
 from vision_mtl.utils import runtime
-from vision_mtl.utils.runtime import cpu_has_bf16, resolve_precision
+from vision_mtl.utils.runtime import resolve_precision
 
 # What the int8 graph must keep of the float32 one on the 8 val images (tiny trained model). The
 # detections compared are those scoring >= DET_CONF in float32 (what a user keeps with --conf).
@@ -72,6 +76,47 @@ def test_int8_export_quantises_the_network_and_keeps_postprocessing_in_float(exp
     assert "det_matched" in exported["log"] and "seg_agreement" in exported["log"]
 
 
+def test_int8_weights_keep_7_bits_so_every_x86_cpu_answers_alike(exported):
+    """Without VNNI, onnxruntime adds two u8 x s8 products in a saturating int16: with weights in
+    [-64, 64] (reduce_range) the pair stays within 2 * 255 * 64 = 32640 <= 32767, so AVX2, VNNI
+    and AMX kernels compute the same sums. The graph's metadata says so."""
+    model = onnx.load(str(exported["int8"]))
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]  # the conv/matmul weights, not biases
+    assert len(weights) >= 10
+    assert min(int(w.min()) for w in weights) >= -64 and max(int(w.max()) for w in weights) <= 64
+    assert max(int(np.abs(w).max()) for w in weights) == 64  # the 7-bit range is used, not a narrower one
+    assert 2 * 255 * 64 <= np.iinfo(np.int16).max
+    assert {p.key: p.value for p in model.metadata_props}[INT8_KEY] == PORTABLE_INT8
+
+
+def full_range_copy(int8: Path, out: Path) -> Path:
+    """The int8 graph with the metadata of an export before issue 19: no ``vision_mtl.int8`` entry, which
+    the runner takes for full 8-bit weights (it goes by the metadata, not by the weights)."""
+    model = onnx.load(str(int8))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != INT8_KEY]
+    del model.metadata_props[:]
+    for key, value in kept:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize("vnni, graph, warned", [(False, "portable", False), (False, "full", True),
+                                                 (True, "full", False)])
+def test_a_full_range_int8_graph_warns_once_on_a_cpu_without_vnni(vnni, graph, warned, exported, tmp_path,
+                                                                    monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(["avx2", "avx512_vnni"][: 1 + vnni]))
+    path = exported["int8"] if graph == "portable" else full_range_copy(exported["int8"], tmp_path / "old.onnx")
+    with caplog.at_level(logging.WARNING):
+        runner = OnnxRunner(path)
+        runner(torch.zeros((2, 3, 64, 64), dtype=torch.uint8))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == warned
+    if warned:
+        assert str(path) in warnings[0] and "VNNI" in warnings[0] and "--int8" in warnings[0] and one_line(warnings[0])
+
+
 def test_int8_graph_answers_like_the_float32_graph(exported):
     report = compare_int8(exported["fp32"], exported["int8"], val_batches(exported["fp32"]), iou=DET_IOU,
                           conf=DET_CONF)
@@ -90,6 +135,21 @@ def test_runners_load_the_int8_graph(exported):
     assert one_line(str(info.value))
 
 
+def test_an_unreadable_calibration_image_is_skipped_with_a_warning(make_config, shapes_root, tmp_path, caplog):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    (folder / "000000_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # read after 000000.jpg
+    for image in sorted((shapes_root / "val" / "images").iterdir())[:3]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        batches = calibration_batches(make_config(), SHAPES_CLASSES, folder, 3)
+    # the broken file is left out and the next image takes its place
+    first_three = calibration_batches(make_config(), SHAPES_CLASSES, shapes_root / "val" / "images", 3)
+    assert torch.equal(torch.cat(batches), torch.cat(first_three))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "000000_broken.jpg" in warnings[0] and one_line(warnings[0])
+
+
 def test_calibration_images_come_from_a_folder_or_the_val_split(make_config, shapes_root):
     cfg = make_config()
     from_folder = calibration_batches(cfg, SHAPES_CLASSES, shapes_root / "val" / "images", 5)
@@ -104,7 +164,7 @@ def test_calibration_images_come_from_a_folder_or_the_val_split(make_config, sha
 @pytest.mark.parametrize("args, expected", [
     (["--calib-images", "4"], "--calib and --calib-images only apply with --int8"),
     (["--int8", "--half"], "--int8 and --half exclude each other"),
-    (["--int8", "--calib", "EMPTY"], "holds no images"),
+    (["--int8", "--calib", "EMPTY"], "holds no readable images"),
 ])
 def test_int8_user_mistakes_are_one_line(args, expected, trained_run, tmp_path):
     (tmp_path / "empty").mkdir()
@@ -117,11 +177,24 @@ def test_int8_user_mistakes_are_one_line(args, expected, trained_run, tmp_path):
 
 # ----------------------------------------------------------------------------------------- bf16
 
-@pytest.mark.parametrize("flags, native", [("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
-                                           ("fpu amx_tile amx_bf16", True)])
-def test_cpu_has_bf16_reads_the_cpu_flags(flags, native, monkeypatch):
-    monkeypatch.setattr(runtime.Path, "read_text", lambda self: f"processor : 0\nflags : {flags}\n")
-    assert cpu_has_bf16() is native
+def test_cpu_flags_are_the_flags_lines_of_cpuinfo(monkeypatch):
+    cpuinfo = ("processor : 0\nmodel name : AMD EPYC avx512_bf16 edition\nflags : fpu sse avx2\n\n"
+               "processor : 1\nflags\t\t: fpu sse avx2\nbugs : sysret_ss_attrs\n")
+    monkeypatch.setattr(runtime.Path, "read_text", lambda self: cpuinfo)
+    assert runtime.cpu_flags.__wrapped__() == {"fpu", "sse", "avx2"}  # uncached: the real flags stay cached
+
+
+@pytest.mark.parametrize("flags, isa, bf16, vnni", [
+    ("fpu sse4_2 avx avx2 fma", "AVX2", False, False),  # the EPYC of issue 19
+    ("avx2 avx_vnni", "AVX2", False, True),
+    ("avx2 avx512f avx512bw avx512_vnni", "AVX-512", False, True),
+    ("avx2 avx512f avx512_vnni avx512_bf16", "AVX-512", True, True),
+    ("avx2 avx512f amx_tile amx_bf16 amx_int8", "AMX", True, True),
+    ("fpu sse4_2", "no AVX2", False, False),
+])
+def test_cpu_features_read_from_the_flags(flags, isa, bf16, vnni, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags.split()))
+    assert (runtime.cpu_isa(), runtime.cpu_has_bf16(), runtime.cpu_has_vnni()) == (isa, bf16, vnni)
 
 
 def test_bf16_falls_back_to_fp32_where_the_cpu_lacks_it(trained_run, monkeypatch):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_tool
+from conftest import one_line, run_tool
 from vision_mtl.config import TrainConfig
 from vision_mtl.data.sampler import EpochSampler
 from vision_mtl.engine.checkpoint import load_checkpoint, load_model
@@ -19,6 +19,7 @@ from vision_mtl.models import build_model
 from vision_mtl.training.optim import build_optimizer, build_scheduler, fit_schedule
 from vision_mtl.training.precision import Precision, resolve_amp
 from vision_mtl.training.trainer import Trainer
+from vision_mtl.utils import runtime
 from vision_mtl.utils.atomic import atomic_open
 
 
@@ -78,17 +79,45 @@ def test_schedule_warms_up_then_decays_to_its_end_and_can_be_refitted():
     assert lr_at(40) == pytest.approx(0.5 * (1 - 0.01) * (1 + math.cos(math.pi * 30 / 70)) + 0.01, rel=1e-3)
 
 
-def test_precision_choices():
+def test_precision_choices(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert resolve_amp("auto", cpu) is None and resolve_amp("off", cpu) is None
     assert resolve_amp("bf16", cpu) is torch.bfloat16
-    with pytest.raises(ConfigError, match="train.amp=fp16 needs a CUDA device"):
+    with pytest.raises(ConfigError, match="train.amp=fp16 needs a CUDA device.*use bf16 or off$"):
         resolve_amp("fp16", cpu)
     precision = Precision("bf16", cpu)
     layer = torch.nn.Linear(4, 4)
     with precision.autocast():
         assert layer(torch.randn(2, 4)).dtype is torch.bfloat16
     assert precision.scaler is None and precision.name == "bf16"
+
+
+def test_bf16_training_falls_back_to_fp32_on_a_cpu_without_native_bf16(monkeypatch, caplog):
+    """Emulated bf16 is several times slower than fp32: such a CPU trains in fp32, saying so once,
+    and the fp16 refusal does not suggest bf16 there."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        precision = Precision("bf16", cpu)
+    assert precision.dtype is None and precision.name == "fp32"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("train.amp bf16: ") and "running fp32" in warnings[0]
+    assert one_line(warnings[0])
+    with pytest.raises(ConfigError) as info:
+        resolve_amp("fp16", cpu)
+    assert str(info.value).endswith("; use off (this CPU has no native bf16)") and one_line(str(info.value))
+
+
+@pytest.mark.parametrize("flags, described", [
+    ("fpu sse4_2 avx avx2 fma", "precision fp32 on cpu (AVX2; no native bf16)"),
+    ("avx2 avx512f avx512bw avx512_vnni", "precision fp32 on cpu (AVX-512; no native bf16)"),
+    ("avx2 avx512f avx512_vnni avx512_bf16", "precision bf16 on cpu (AVX-512; native bf16)"),
+    ("avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8", "precision bf16 on cpu (AMX; native bf16)"),
+])
+def test_training_names_its_precision_and_cpu_kernels(flags, described, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags.split()))
+    assert Precision("bf16", torch.device("cpu")).describe() == described
 
 
 def test_epoch_sampler_orders_by_epoch_shards_and_skips():

@@ -18,11 +18,14 @@ only when both checks pass, and replaces an existing file only with --force (nev
 itself).
 
 --int8: the float32 graph, checked as above, is quantised with onnxruntime's static quantisation
-(QDQ, per-channel int8 weights; only the Conv/MatMul/Gemm ops, so NMS, top-k and argmax stay float32),
-calibrated on the first --calib-images images (default 64) of --calib DIR, else of the config's
-val split. Quantisation moves scores on purpose, so instead of failing the tool reports how the
-int8 graph differs from the float32 one on the check images, and the change of each val-split
-metric (tools/evaluate.py on either file; skipped with a warning where the val split is unreadable). metadata_props "precision" says int8 (float32, float16 otherwise).
+(QDQ, per-channel 7-bit int8 weights, so it answers the same on every x86 CPU, VNNI or not; only the
+Conv/MatMul/Gemm ops, so NMS, top-k and argmax stay float32), calibrated on the first
+--calib-images readable images (default 64; an unreadable file is skipped with a warning) of
+--calib DIR, else of the config's val split. Quantisation moves scores on purpose, so instead of
+failing the tool reports how the int8 graph differs from the float32 one on the check images, and
+the change of each val-split metric (tools/evaluate.py on either file; skipped with a warning where
+the val split is unreadable).
+metadata_props "precision" says int8 (float32, float16 otherwise), "vision_mtl.int8" the weight range.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def main() -> None:
     parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                         help="torch.onnx exporter: torch.export based (default) or the legacy TorchScript one")
     parser.add_argument("--images", help="folder whose first 3 images the check runs on (default: generated images)")
-    parser.add_argument("--int8", action="store_true", help="quantise to int8 (static, QDQ, per-channel weights)")
+    parser.add_argument("--int8", action="store_true", help="quantise to int8 (static, QDQ, per-channel 7-bit weights)")
     parser.add_argument("--calib", help="--int8: folder of calibration images (default: the val split)")
     parser.add_argument("--calib-images", type=int_flag("--calib-images", 1), default=64,
                         help="--int8: number of calibration images (default 64)")

@@ -9,6 +9,7 @@ model (tasks, class names, input size, config).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +25,18 @@ from vision_mtl.engine.export_wrapper import OUTPUTS, predictions_from_outputs
 from vision_mtl.engine.model_info import ModelInfo
 from vision_mtl.engine.results import Predictions
 from vision_mtl.errors import CheckpointError, ConfigError, first_line
+from vision_mtl.utils import runtime
 from vision_mtl.utils.runtime import Precision, resolve_device, resolve_precision
 
 if TYPE_CHECKING:
     from vision_mtl.models import MultiTaskModel
+
+logger = logging.getLogger(__name__)
+
+# metadata_props key of an int8 graph naming its weight range; int8 graphs without it (exported
+# before issue 19) have full 8-bit weights, exact only on CPUs with VNNI (export/quantize.py).
+INT8_KEY = "vision_mtl.int8"
+PORTABLE_INT8 = "portable: u8 activations, s8 weights 7-bit (reduce_range)"
 
 
 class Runner(Protocol):
@@ -83,6 +92,9 @@ class OnnxRunner:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(path))
         self.precision = meta.get("precision", "float32")  # float32, float16 or int8: fixed at export
+        if self.precision == "int8" and meta.get(INT8_KEY) != PORTABLE_INT8 and not runtime.cpu_has_vnni():
+            logger.warning("'%s' has full 8-bit int8 weights, whose sums may saturate on this CPU without VNNI "
+                           "(scores and boxes then go wrong); re-export it with tools/export_onnx.py --int8", path)
         graph_input = self.session.get_inputs()[0]
         self.input_name = graph_input.name
         self.input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32

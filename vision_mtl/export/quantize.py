@@ -1,5 +1,13 @@
-"""INT8 ONNX: onnxruntime static quantisation (QDQ, per-channel weights) of an exported float32
+"""INT8 ONNX: onnxruntime static quantisation (QDQ, per-channel 7-bit weights) of an exported float32
 graph, calibrated on letterboxed images, and the report of how far it moved from that graph.
+
+The weights keep 7 bits (``reduce_range``) so the graph answers the same on every x86 CPU: without
+VNNI, onnxruntime's u8 x s8 kernels (AVX2 ``vpmaddubsw``) add two u8 x s8 products into a
+saturating int16; with weights in [-64, 64] that sum stays within 2 * 255 * 64 = 32640 <= 32767,
+while full 8-bit weights reach 2 * 255 * 127 = 64770 and can saturate (issue 19: an AVX2-only EPYC
+found 0.374 of the float32 detections again with full-range weights). On this project's VNNI CPU
+7-bit weights cost no time and agreed with float32 about as well as 8-bit ones (docs/benchmarks.md),
+so no full-range variant is offered.
 
 Only the network's matrix ops (:data:`QUANTIZED_OPS`) are quantised: NMS, top-k, the box decoding
 and the segmentation argmax keep their float32 inputs, so they select exactly as in the float
@@ -24,7 +32,8 @@ from vision_mtl.config import Config
 from vision_mtl.data.sample import to_float
 from vision_mtl.data.image_io import list_images
 from vision_mtl.data.loader import build_data
-from vision_mtl.engine.preprocess import read_images
+from vision_mtl.engine.preprocess import collate_prepared, read_prepared
+from vision_mtl.engine.runners import INT8_KEY, PORTABLE_INT8
 from vision_mtl.errors import DataError, ExportError, first_line
 from vision_mtl.evaluation.saved import evaluate_weights
 
@@ -47,14 +56,21 @@ class ImageCalibration(CalibrationDataReader):
 def calibration_batches(cfg: Config, classes: dict[str, list[str]], folder: str | Path | None,
                         count: int) -> list[torch.Tensor]:
     """``count`` letterboxed images (fewer if there are fewer) from ``folder``, else from the val
-    split of ``cfg``, in uint8 batches; prepared as the loaders and the export check prepare them."""
+    split of ``cfg``, in uint8 batches; prepared as the loaders and the export check prepare them.
+    An unreadable file in ``folder`` is skipped with a warning (the next image takes its place)."""
     size = cfg.data.image_size
     if folder is not None:
-        paths = list_images(folder)[:count]
-        if not paths:
-            raise ExportError(f"--calib '{folder}' holds no images; give a folder of images to calibrate on")
-        images = read_images(paths, size).images
-        return list(images.split(CALIBRATION_BATCH))
+        samples = []
+        for path in list_images(folder):
+            if len(samples) == count:
+                break
+            try:
+                samples.append(read_prepared(path, size, {"path": str(path)}))
+            except DataError as exc:
+                logger.warning("calibration image skipped: %s", exc)
+        if not samples:
+            raise ExportError(f"--calib '{folder}' holds no readable images; give a folder of images to calibrate on")
+        return list(collate_prepared(samples).images.split(CALIBRATION_BATCH))
     batches, taken = [], 0
     for batch in build_data(cfg, classes=classes, train=False).val:
         batches.append(batch.images[: count - taken])
@@ -67,18 +83,19 @@ def calibration_batches(cfg: Config, classes: dict[str, list[str]], folder: str 
 
 
 def quantize_int8(fp32: str | Path, out: str | Path, batches: list[torch.Tensor]) -> Path:
-    """Write ``fp32``'s graph quantised to int8 (QDQ, per-channel int8 weights, uint8 activations,
-    MinMax calibration on ``batches``) to ``out``; the metadata is kept, ``precision`` says ``int8``.
-    uint8 x int8 is onnxruntime's fast CPU path: int8 activations ran 0.87x float32, uint8 0.5x
-    (docs/benchmarks.md)."""
+    """Write ``fp32``'s graph quantised to int8 (QDQ, per-channel 7-bit int8 weights, uint8
+    activations, MinMax calibration on ``batches``) to ``out``; the metadata is kept, ``precision``
+    says ``int8`` and ``vision_mtl.int8`` the portable weight range. uint8 x int8 is onnxruntime's
+    fast CPU path: int8 activations ran 0.87x float32, uint8 0.5x; uint8 weights (U8U8, the other
+    portable choice) 0.75-1.13x where 7-bit int8 weights ran 0.42-0.84x (docs/benchmarks.md)."""
     out = Path(out)
     quant_log = logging.getLogger()  # the quantiser warns on the root logger about biases and pre-processing
     level = quant_log.level
     quant_log.setLevel(logging.ERROR)
     try:
         quantize_static(str(fp32), str(out), ImageCalibration(batches), quant_format=QuantFormat.QDQ,
-                        per_channel=True, op_types_to_quantize=QUANTIZED_OPS, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+                        per_channel=True, reduce_range=True, op_types_to_quantize=QUANTIZED_OPS,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     except Exception as exc:  # onnxruntime raises many types; the first line names the failing node
         raise ExportError(f"int8 quantisation failed: {first_line(exc)}") from exc
     finally:
@@ -86,6 +103,7 @@ def quantize_int8(fp32: str | Path, out: str | Path, batches: list[torch.Tensor]
     model = onnx.load(str(out))
     props = {p.key: p.value for p in model.metadata_props if p.key != "onnx.infer"}
     props["precision"] = "int8"
+    props[INT8_KEY] = PORTABLE_INT8
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)

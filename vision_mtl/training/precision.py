@@ -1,11 +1,14 @@
 """Mixed precision for training: the autocast context and, for CUDA fp16 only, a gradient scaler.
 
 ``train.amp``: ``auto`` gives bf16 on a CUDA device that supports it and fp32 elsewhere; ``bf16``
-forces bf16 autocast (also on CPU), ``fp16`` fp16 autocast with a ``GradScaler`` (CUDA only),
-``off`` plain fp32. On this project's CPU (AVX-512 BF16) a bf16 training step took 0.71x the fp32
-time (``tools/benchmark.py engine``), but the weight gradient of the pyramid's smallest (1x1) level
-came out non-finite in about one step of five with the tiny test model, so the CPU default stays
-fp32 and bf16 there is the user's choice (such steps are skipped and reported).
+bf16 autocast where the device computes bf16 natively (also a CPU with AVX-512 BF16 or AMX), else
+fp32 with a warning, as inference does: emulated bf16 is several times slower than fp32 (3-10x on
+an AVX2 CPU, issue 19) and no more accurate, so refusing would only make one config fail on some
+machines; ``fp16`` fp16 autocast with a ``GradScaler`` (CUDA only), ``off`` plain fp32. On this
+project's CPU (AVX-512 BF16) a bf16 training step took 0.71x the fp32 time (``tools/benchmark.py
+engine``), but the weight gradient of the pyramid's smallest (1x1) level came out non-finite in
+about one step of five with the tiny test model, so the CPU default stays fp32 and bf16 there is
+the user's choice (such steps are skipped and reported).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from vision_mtl.errors import ConfigError
+from vision_mtl.utils import runtime
 
 
 class Precision:
@@ -31,6 +35,15 @@ class Precision:
     @property
     def name(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def describe(self) -> str:
+        """``precision fp32 on cpu (AVX-512; no native bf16)``, ``precision bf16 on cuda:0 (NVIDIA H100)``:
+        what the run computes in and the kernels it gets, for the start of the training log."""
+        if self.device.type == "cuda":
+            hardware = torch.cuda.get_device_name(self.device)
+        else:
+            hardware = f"{runtime.cpu_isa()}; {'native' if runtime.cpu_has_bf16() else 'no native'} bf16"
+        return f"precision {self.name} on {self.device} ({hardware})"
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -73,6 +86,8 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if mode == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs a CUDA device (fp16 on CPU is slow and needs loss scaling); "
-                          "use bf16 or off")
-    return torch.bfloat16 if mode == "bf16" else torch.float16
+        fix = "use bf16 or off" if runtime.cpu_has_bf16() else "use off (this CPU has no native bf16)"
+        raise ConfigError(f"train.amp=fp16 needs a CUDA device (fp16 on CPU is slow and needs loss scaling); {fix}")
+    if mode == "bf16":
+        return torch.bfloat16 if runtime.resolve_precision("bf16", device, key="train.amp") == "bf16" else None
+    return torch.float16

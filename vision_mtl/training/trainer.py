@@ -142,8 +142,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs; returns the best epoch's validation metrics. When a stop
         signal arrives, the run is saved mid-epoch and ``stopped_by`` names the signal."""
-        logger.info("run folder %s | device %s x%d | %s | tasks %s | %d train / %d val images", self.run_dir,
-                    self.device, self.processes.world, self.precision.name, ", ".join(self.model.tasks),
+        logger.info("run folder %s | %s | processes %d | tasks %s | %d train / %d val images", self.run_dir,
+                    self.precision.describe(), self.processes.world, ", ".join(self.model.tasks),
                     len(self.data.train.dataset), len(self.data.val.dataset))
         if self.main:
             logger.info(sharing_summary(self.model, self.cfg.train.batch_size, self.cfg.data.image_size, self.device))
