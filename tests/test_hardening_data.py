@@ -171,6 +171,15 @@ def test_coco_annotation_of_an_unlisted_image_is_reported(tmp_path, make_config,
                in r.getMessage() for r in caplog.records)
 
 
+def _read_as_val(make_config, caplog, root, source: dict, tasks: str):
+    """The val dataset of ``source`` under ``root`` (warnings captured) and the tasks each image is labelled for."""
+    cfg = make_config(f"data.root={root}", f"model.tasks=[{tasks}]", f"data.train={flow(source)}",
+                      f"data.val={flow(source)}")
+    caplog.set_level(logging.WARNING, logger="vision_mtl.data")
+    dataset = build_data(cfg, train=False).val.dataset
+    return dataset, {record.key: dataset.labelled_for(i) for i, record in enumerate(dataset.records)}
+
+
 def test_coco_image_id_shared_by_two_images_leaves_both_unlabelled(tmp_path, make_config, caplog):
     """Whose boxes are the shared id's cannot be known: neither image gets them (before, the second
     image silently got the first one's boxes)."""
@@ -182,11 +191,7 @@ def test_coco_image_id_shared_by_two_images_leaves_both_unlabelled(tmp_path, mak
     b["id"] = a["id"]
     coco_path.write_text(json.dumps(coco))
     source = {"format": "coco", "images": "images", "annotations": "coco.json"}
-    cfg = make_config(f"data.root={tmp_path}", "model.tasks=[detection, segmentation]", f"data.train={flow(source)}",
-                      f"data.val={flow(source)}")
-    caplog.set_level(logging.WARNING, logger="vision_mtl.data")
-    dataset = build_data(cfg, train=False).val.dataset
-    labelled = {record.key: dataset.labelled_for(i) for i, record in enumerate(dataset.records)}
+    dataset, labelled = _read_as_val(make_config, caplog, tmp_path, source, "detection, segmentation")
     assert labelled == {a["file_name"]: set(), b["file_name"]: set(), **{s.key: {"detection", "segmentation"}
                                                                          for s in SCENES[2:]}}
     assert dataset.problem_counts()[kinds.SHARED_IMAGE_ID] == 2
@@ -296,11 +301,7 @@ def test_label_csv_rows_that_disagree_leave_the_image_unlabelled(tmp_path, make_
     csv_path.write_text("file,label\n" + "".join(row + "\n" for row in rows))
     assert SCENES[0].key == "a.png" and SCENES[1].label == "outdoor"
     source = {"format": "csv", "images": "images", "labels": "labels.csv"}
-    cfg = make_config(f"data.root={tmp_path}", "model.tasks=[classification]", f"data.train={flow(source)}",
-                      f"data.val={flow(source)}")
-    caplog.set_level(logging.WARNING, logger="vision_mtl.data")
-    dataset = build_data(cfg, train=False).val.dataset
-    labelled = {record.key: dataset.labelled_for(i) for i, record in enumerate(dataset.records)}
+    dataset, labelled = _read_as_val(make_config, caplog, tmp_path, source, "classification")
     assert labelled == {"a.png": set(), **{s.key: {"classification"} for s in SCENES[1:]}}
     assert dataset.problem_counts() == {kinds.CONFLICTING_ROWS: 1}
     assert any(f"{csv_path} (a.png): 1 image in rows with different labels (image unlabelled)" in r.getMessage()
