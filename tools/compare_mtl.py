@@ -8,8 +8,10 @@ Overrides after the flags apply to every run (e.g. train.epochs=6); a --run take
 after its NAME up to the next flag, so put the overrides for every run before it or end it with a
 flag. Every run's config is checked before the first one trains. Each run trains into --out/NAME;
 a rerun reuses the runs that finished and resumes one that was stopped, so the comparison can be
-interrupted, and --only trains a part of them (in parallel processes, say). The tables go to
---out/compare.md and --out/compare.csv.
+interrupted, and --only trains a part of them (in parallel processes, say); --only, like --run,
+takes every later word, so it comes last. The tables go to --out/compare.md and --out/compare.csv.
+Label scarcity: data.train_fraction=0.25 trains every run on the same seeded quarter of the training
+images (a subset of the half that 0.5 takes), e.g. --out runs/cmp25 data.train_fraction=0.25.
 """
 
 from __future__ import annotations
